@@ -1,0 +1,3 @@
+from bevport.cli import main
+
+main()
