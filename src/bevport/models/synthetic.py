@@ -91,8 +91,9 @@ def _measure_batchnorm(model: V2XFusion, recipe: Recipe, rng: np.random.Generato
 
 def synthetic_state_dict(recipe: Recipe, seed: int) -> Dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
-    model = V2XFusion(recipe).double()
+    model = V2XFusion(recipe)
     grid = {k: v.clone() for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in ("dx", "bx", "nx")}
+    model.double()
     _init_parameters(model, rng)
     _measure_batchnorm(model, recipe, rng)
     state = model.float().state_dict()

@@ -1,0 +1,177 @@
+"""`bevport export`: checkpoint -> the deploy graphs as ONNX (opset 13, onnxsim), contract-checked, with parity.json.
+
+Everything is written into a temporary folder that replaces `--out` only when every graph passed its checks.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from bevport import __version__
+from bevport.checkpoint import load_weights
+from bevport.contract import Contract, GraphSpec, TensorSpec, build_contract
+from bevport.errors import BevportError
+from bevport.export.graphs import build_graph
+from bevport.export.parity import DYNAMIC_V, check_parity, sample_inputs
+from bevport.fsutil import atomic_output_dir
+from bevport.models.v2xfusion import V2XFusion
+from bevport.recipe import Recipe
+
+GRAPH_ORDER = ("camera", "lidar_pfe", "lidar_pfe_static", "fuser", "head")
+_ONNX_DTYPES = {"float32": 1, "int32": 6, "int64": 7}
+
+
+class ExportError(BevportError):
+    pass
+
+
+def sha256_file(path: os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _onnx_export(module: torch.nn.Module, args, spec: GraphSpec, path: Path, opset: int) -> None:
+    dynamic_axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+                    for t in spec.inputs + spec.outputs if not t.is_static}
+    kwargs = dict(input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                  opset_version=opset, do_constant_folding=True, dynamic_axes=dynamic_axes or None)
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        kwargs["dynamo"] = False  # torch >= 2.9 defaults to the dynamo exporter; the TorchScript one matches 1.11
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape math are expected
+        torch.onnx.export(module, args, str(path), **kwargs)
+
+
+def _simplify(path: Path, spec: GraphSpec) -> None:
+    import onnx
+    import onnxsim
+
+    model = onnx.load(str(path))
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise ExportError(f"{spec.file}: onnxsim could not validate the simplified graph")
+    onnx.save(simplified, str(path))
+
+
+def _onnx_ports(path: Path):
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    ports = []
+    for kind, values in (("input", [v for v in graph.input if v.name not in initializers]), ("output", graph.output)):
+        for v in values:
+            tt = v.type.tensor_type
+            dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in tt.shape.dim)
+            ports.append((kind, v.name, dims, tt.elem_type))
+    return ports
+
+
+def verify_contract(path: Path, spec: GraphSpec) -> None:
+    """The ONNX file's ports, and OpenVINO's view of them, carry exactly the contract's names, shapes and dtypes."""
+    expected = [("input", t.name, t.shape, _ONNX_DTYPES[t.dtype]) for t in spec.inputs] + \
+               [("output", t.name, t.shape, _ONNX_DTYPES[t.dtype]) for t in spec.outputs]
+    actual = _onnx_ports(path)
+    for exp, got in zip(expected, actual):
+        static_match = all(isinstance(e, str) and isinstance(g, str) or e == g for e, g in zip(exp[2], got[2]))
+        if exp[:2] != got[:2] or len(exp[2]) != len(got[2]) or not static_match or exp[3] != got[3]:
+            raise ExportError(f"{spec.file}: {exp[0]} `{exp[1]}` {list(exp[2])} (dtype {exp[3]}) expected, "
+                              f"graph has {got[0]} `{got[1]}` {list(got[2])} (dtype {got[3]})")
+    if len(expected) != len(actual):
+        raise ExportError(f"{spec.file}: {len(actual)} ports, the contract has {len(expected)}")
+    _verify_openvino_names(path, spec)
+
+
+def _verify_openvino_names(path: Path, spec: GraphSpec) -> None:
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    for ports, tensors in ((model.inputs, spec.inputs), (model.outputs, spec.outputs)):
+        for port, t in zip(ports, tensors):
+            names = set(port.get_names())
+            if names != {t.name}:
+                raise ExportError(f"{spec.file}: OpenVINO sees port names {sorted(names)} where the deploy binary "
+                                  f"binds `{t.name}` by name")
+
+
+def _example_args(spec: GraphSpec, key: str, recipe: Recipe):
+    inputs = sample_inputs(key, spec, recipe, seed=1)
+    return tuple(torch.from_numpy(inputs[t.name]) for t in spec.inputs)
+
+
+def export_graphs(model: V2XFusion, recipe: Recipe, contract: Contract, folder: Path,
+                  progress: Callable[[str], None]) -> Dict[str, Dict]:
+    """Export, simplify and verify every graph into `folder`; returns the parity report per graph."""
+    parity: Dict[str, Dict] = {}
+    max_points = recipe.model.lidar.voxelize.max_num_points
+    for key in GRAPH_ORDER:
+        spec = contract[key]
+        path = folder / spec.file
+        progress(f"exporting {spec.file}")
+        module = build_graph(key, model, spec, max_points).eval()
+        with torch.no_grad():
+            _onnx_export(module, _example_args(spec, key, recipe), spec, path, recipe.export.opset)
+        _simplify(path, spec)
+        verify_contract(path, spec)
+        progress(f"checking {spec.file} against PyTorch in OpenVINO")
+        parity[key] = check_parity(key, path, model, spec, recipe)
+    return parity
+
+
+def _environment() -> Dict[str, str]:
+    import onnx
+    import onnxsim
+    import openvino
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxsim": getattr(onnxsim, "__version__", "unknown"), "openvino": openvino.__version__,
+            "numpy": np.__version__, "bevport": __version__}
+
+
+def export(recipe: Recipe, ckpt: os.PathLike, out: os.PathLike, sparsity: bool = False,
+           progress: Callable[[str], None] = lambda msg: None,
+           warn: Callable[[str], None] = lambda msg: None) -> Dict:
+    """The whole export step. Returns the summary also written to `<out>/export.json`."""
+    contract = build_contract(recipe)
+    model = V2XFusion(recipe)
+    progress(f"loading {ckpt}")
+    load_weights(model, ckpt, sparsity=sparsity, warn=warn)
+    with atomic_output_dir(out) as tmp:
+        parity = export_graphs(model, recipe, contract, tmp, progress)
+        failed = [f"{contract[k].file}:{name} (rel. error {o['max_rel_error']:.2e})"
+                  for k, r in parity.items() for name, o in r["outputs"].items() if not o["passed"]]
+        (tmp / "parity.json").write_text(json.dumps({"tolerance": recipe.export.parity_tolerance,
+                                                     "passed": not failed, "graphs": parity}, indent=2) + "\n")
+        if failed:
+            raise ExportError("parity check failed (OpenVINO vs PyTorch above "
+                              f"{recipe.export.parity_tolerance:g} relative): " + ", ".join(failed),
+                              "this is a bevport bug; please report it with parity.json")
+        summary = {
+            "recipe": recipe.name,
+            "recipe_origin": recipe._origin,
+            "checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)},
+            "sparsity": sparsity,
+            "contract": contract_summary(contract),
+            "files": {contract[k].file: sha256_file(tmp / contract[k].file) for k in GRAPH_ORDER},
+            "environment": _environment(),
+        }
+        (tmp / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def contract_summary(contract: Contract) -> Dict[str, Dict]:
+    port = lambda t: {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}  # noqa: E731
+    return {spec.key: {"file": spec.file, "inputs": [port(t) for t in spec.inputs],
+                       "outputs": [port(t) for t in spec.outputs]} for spec in contract}

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+CONFIG_CHAIN = ROOT / "tests" / "data" / "configs" / "V2X-I" / "det" / "centerhead" / "lssfpn" / \
+    "camera+pointpillar" / "resnet34" / "default.yaml"
+
+
+def reference_file(name: str) -> Path:
+    path = REFERENCE / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the tests need ../shared/reference beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def recipe():
+    from bevport.recipe import load_recipe
+
+    return load_recipe("v2xfusion-pp-r34")
+
+
+@pytest.fixture(scope="session")
+def synthetic_ckpt(tmp_path_factory, recipe):
+    from bevport.models.synthetic import write_synthetic_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "synthetic_seed0.pth"
+    write_synthetic_checkpoint(recipe, 0, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model(recipe, synthetic_ckpt):
+    from bevport.checkpoint import load_weights
+    from bevport.models.v2xfusion import V2XFusion
+
+    m = V2XFusion(recipe)
+    load_weights(m, synthetic_ckpt)
+    return m
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, recipe, synthetic_ckpt):
+    """One real `bevport export` run on the synthetic checkpoint, shared by the export tests."""
+    from bevport.cli import main
+
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    main(["export", "--ckpt", str(synthetic_ckpt), "--out", str(out), "--quiet"])
+    return out
