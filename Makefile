@@ -1,0 +1,25 @@
+# Two entry points: `make demo` (the main job on built-in defaults) and `make test`. See README.md.
+PYTHON ?= python3
+WORK   ?= work/demo
+
+.PHONY: install demo test test-slow bench clean
+
+install:            ## torch's CPU wheel first (a bare `torch` requirement pulls CUDA), then bevport with its extras
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	$(PYTHON) -m pip install --quiet -e '.[export,dev]'
+
+demo:               ## synthetic checkpoint -> the five deploy graphs + parity.json in $(WORK)/onnx
+	$(PYTHON) -m bevport synth-ckpt --seed 0 --out $(WORK)/synthetic_seed0.pth
+	$(PYTHON) -m bevport export --ckpt $(WORK)/synthetic_seed0.pth --out $(WORK)/onnx
+
+test:
+	$(PYTHON) -m pytest -q
+
+test-slow:
+	$(PYTHON) -m pytest -q -m slow
+
+bench:
+	$(PYTHON) benchmarks/export.py
+
+clean:
+	rm -rf work benchmarks/results .pytest_cache
