@@ -124,10 +124,6 @@ class _Evaluator:
         ev = lambda n: self._node(n, text)  # noqa: E731
         if isinstance(node, ast.Constant):
             return node.value
-        if isinstance(node, ast.Num):  # Python 3.7 AST nodes, kept for old parsers
-            return node.n
-        if isinstance(node, ast.Str):
-            return node.s
         if isinstance(node, ast.Name):
             return self.resolve_name(node.id)
         if isinstance(node, ast.List):

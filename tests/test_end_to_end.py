@@ -1,0 +1,36 @@
+"""Slow end-to-end runs (`invoke test --slow` / `make test-slow`): full exports of recipe variants."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import yaml
+
+from bevport.cli import main
+from bevport.configchain import load_config_chain
+from conftest import CONFIG_CHAIN
+
+
+@pytest.mark.slow
+def test_config_variant_exports_with_sparsity(tmp_path):
+    """Another image size and 180 height bins from an upstream-style config: no code changes, parity holds."""
+    variant = tmp_path / "configs" / "variant" / "default.yaml"
+    variant.parent.mkdir(parents=True)
+    # the merged test chain as the variant's parent config, then the variant's own overrides
+    (tmp_path / "configs" / "default.yaml").write_text(yaml.safe_dump(load_config_chain(CONFIG_CHAIN)))
+    variant.write_text("image_size: [640, 1152]\nmodel:\n  encoders:\n    camera:\n      vtransform:\n"
+                       "        image_size: ${image_size}\n"
+                       "        feature_size: ${[image_size[0] // 16, image_size[1] // 16]}\n"
+                       "        dbound: [-1.5, 3.0, 180]\n")
+    ckpt, out = tmp_path / "variant.pth", tmp_path / "onnx"
+    main(["synth-ckpt", "--config", str(variant), "--seed", "3", "--out", str(ckpt), "-q"])
+    main(["export", "--config", str(variant), "--ckpt", str(ckpt), "--out", str(out), "--sparsity", "-q"])
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"]
+    camera = onnx.load(str(out / "camera.backbone.onnx"), load_external_data=False).graph
+    dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(camera.input[0]) == [1, 3, 640, 1152]
+    assert [dims(o) for o in camera.output] == [[1, 80, 40, 72], [1, 180, 40, 72]]
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["sparsity"] is True and str(variant) in summary["recipe_origin"]
