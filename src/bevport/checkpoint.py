@@ -61,7 +61,6 @@ def _restricted_pickle_module() -> types.ModuleType:
     module = types.ModuleType("bevport_restricted_pickle")
     module.Unpickler = _RestrictedUnpickler  # type: ignore[attr-defined]
     module.load = lambda f, **kw: _RestrictedUnpickler(f, **kw).load()  # type: ignore[attr-defined]
-    module.__dict__["__name__"] = "bevport_restricted_pickle"
     return module
 
 
