@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from bevport.contract import GraphSpec
+from bevport.models.synthetic import random_pillars
 from bevport.models.v2xfusion import V2XFusion
 from bevport.recipe import Recipe
 
@@ -21,25 +22,14 @@ DYNAMIC_V = 3000  # voxels fed to the dynamic-V PFE graph
 
 def _pillar_inputs(recipe: Recipe, spec: GraphSpec, rng: np.random.Generator) -> Dict[str, np.ndarray]:
     """Voxels as the deploy binary fills them: 100 slots (often > 10 points), trailing all-zero padding rows."""
-    feats_spec, nvox_spec, coors_spec = spec.inputs
-    v, slots, dims = feats_spec.concrete_shape(DYNAMIC_V)
-    nx, ny = recipe.bev_shape
+    v, slots, _ = spec.inputs[0].concrete_shape(DYNAMIC_V)
     filled = int(v * 0.7)
-    cells = rng.choice(nx * ny, size=filled, replace=False)
-    ix, iy = cells // ny, cells % ny
     counts = np.where(rng.uniform(size=filled) < 0.3, rng.integers(11, slots + 1, filled), rng.integers(1, 11, filled))
-    vox = recipe.model.lidar.voxelize
-    lo, size = np.array(vox.point_cloud_range[:3]), np.array(vox.voxel_size)
-    xyz = lo + (np.stack([ix, iy, np.zeros_like(ix)], 1)[:, None, :] + rng.uniform(size=(filled, slots, 3))) * size
-    points = np.concatenate([xyz, rng.uniform(0, 255, size=(filled, slots, dims - 3))], -1)
-    points *= np.arange(slots)[None, :, None] < counts[:, None, None]
-    features = np.zeros((v, slots, dims), np.float32)
-    features[:filled] = points
-    num_voxels = np.zeros(v, np.int32)
-    num_voxels[:filled] = counts
-    coors = np.zeros((v, 4), np.int32)
-    coors[:filled, 1], coors[:filled, 2] = ix, iy
-    return {feats_spec.name: features, nvox_spec.name: num_voxels, coors_spec.name: coors}
+    out = {}
+    for t, part in zip(spec.inputs, random_pillars(recipe, rng, counts, slots)):
+        out[t.name] = np.zeros((v,) + part.shape[1:], part.dtype)
+        out[t.name][:filled] = part
+    return out
 
 
 def sample_inputs(key: str, spec: GraphSpec, recipe: Recipe, seed: int = 0) -> Dict[str, np.ndarray]:

@@ -16,13 +16,19 @@ import numpy as np
 F32 = np.float32
 
 
-def _bounds(recipe):
-    vt = recipe.model.camera.vtransform
-    rows = (vt.xbound, vt.ybound, vt.zbound)
+def grid_params(xbound: Sequence[float], ybound: Sequence[float], zbound: Sequence[float]):
+    """(dx, bx, nx) of the BEV grid exactly as upstream computes them: float32 cell size and centre of cell 0,
+    int64 cell counts by truncation. The vtransform stores these as checkpoint parameters."""
+    rows = (xbound, ybound, zbound)
     dx = np.array([r[2] for r in rows], F32)
     bx = np.array([r[0] + r[2] / 2.0 for r in rows], F32)
     nx = np.array([int((r[1] - r[0]) / r[2]) for r in rows], np.int64)
     return dx, bx, nx
+
+
+def _bounds(recipe):
+    vt = recipe.model.camera.vtransform
+    return grid_params(vt.xbound, vt.ybound, vt.zbound)
 
 
 def frustum(recipe):

@@ -47,21 +47,21 @@ def _smooth_noise(rng: np.random.Generator, shape, scale: int) -> torch.Tensor:
     return F.interpolate(low, size=shape[2:], mode="bilinear", align_corners=False)
 
 
-def _synthetic_pillars(recipe: Recipe, rng: np.random.Generator, count: int = 3000):
-    """Points in `count` random pillars: feats [M,P,4] (zero padded), sizes [M], coords [M,4] (b, x, y, z)."""
+def random_pillars(recipe: Recipe, rng: np.random.Generator, counts: np.ndarray, slots: int):
+    """Points in len(counts) distinct random pillars, filled in slot order as a voxelizer does:
+    feats [M,slots,dims] float32 (zero padded), counts [M] int32, coords [M,4] int32 (b, x, y, z)."""
     vox = recipe.model.lidar.voxelize
     nx, ny = recipe.bev_shape
-    cells = rng.choice(nx * ny, size=count, replace=False)
+    m = len(counts)
+    cells = rng.choice(nx * ny, size=m, replace=False)
     ix, iy = cells // ny, cells % ny
-    slots = vox.max_num_points
-    sizes = rng.integers(1, slots + 1, size=count)
     lo, size = np.array(vox.point_cloud_range[:3]), np.array(vox.voxel_size)
-    xyz = lo + (np.stack([ix, iy, np.zeros_like(ix)], 1)[:, None, :] + rng.uniform(size=(count, slots, 3))) * size
-    xyz[..., 2] = rng.normal(-1.0, 0.8, size=(count, slots))
-    intensity = rng.uniform(0, 255, size=(count, slots, 1))
-    feats = np.concatenate([xyz, intensity], -1) * (np.arange(slots)[None, :, None] < sizes[:, None, None])
+    xyz = lo + (np.stack([ix, iy, np.zeros_like(ix)], 1)[:, None, :] + rng.uniform(size=(m, slots, 3))) * size
+    xyz[..., 2] = rng.normal(-1.0, 0.8, size=(m, slots))
+    intensity = rng.uniform(0, 255, size=(m, slots, recipe.input.point_dims - 3))
+    feats = np.concatenate([xyz, intensity], -1) * (np.arange(slots)[None, :, None] < counts[:, None, None])
     coords = np.stack([np.zeros_like(ix), ix, iy, np.zeros_like(ix)], 1)
-    return torch.from_numpy(feats), torch.from_numpy(sizes), torch.from_numpy(coords)
+    return feats.astype(np.float32), counts.astype(np.int32), coords.astype(np.int32)
 
 
 @torch.no_grad()
@@ -75,8 +75,9 @@ def _measure_batchnorm(model: V2XFusion, recipe: Recipe, rng: np.random.Generato
     h, w = recipe.input.image_size
     img = _smooth_noise(rng, (1, 3, h // 4, w // 4), 8) + 0.3 * torch.from_numpy(rng.normal(size=(1, 3, h // 4, w // 4)))
     model.camera_features(img)
-    feats, sizes, coords = _synthetic_pillars(recipe, rng)
-    model.pillar_features(feats, sizes, coords)
+    slots = recipe.model.lidar.voxelize.max_num_points
+    feats, sizes, coords = random_pillars(recipe, rng, rng.integers(1, slots + 1, size=3000), slots)
+    model.pillar_features(torch.from_numpy(feats).double(), torch.from_numpy(sizes), torch.from_numpy(coords))
     nx, ny = recipe.bev_shape
     vt, scatter = recipe.model.camera.vtransform, recipe.model.lidar.scatter
     cam_bev = _smooth_noise(rng, (1, vt.out_channels, nx, ny), 4).abs() * 2.0

@@ -11,13 +11,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-
-def grid_params(xbound: Sequence[float], ybound: Sequence[float], zbound: Sequence[float]):
-    rows = (xbound, ybound, zbound)
-    dx = torch.tensor([row[2] for row in rows], dtype=torch.float32)
-    bx = torch.tensor([row[0] + row[2] / 2.0 for row in rows], dtype=torch.float32)
-    nx = torch.tensor([int((row[1] - row[0]) / row[2]) for row in rows], dtype=torch.int64)
-    return dx, bx, nx
+from bevport.geometry.lss import grid_params
 
 
 class LSSV2XTransform(nn.Module):
@@ -26,7 +20,7 @@ class LSSV2XTransform(nn.Module):
         super().__init__()
         self.C = out_channels
         self.D = num_bins
-        dx, bx, nx = grid_params(xbound, ybound, zbound)
+        dx, bx, nx = (torch.from_numpy(a) for a in grid_params(xbound, ybound, zbound))
         self.dx = nn.Parameter(dx, requires_grad=False)
         self.bx = nn.Parameter(bx, requires_grad=False)
         self.nx = nn.Parameter(nx, requires_grad=False)
