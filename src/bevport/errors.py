@@ -22,3 +22,11 @@ class RecipeError(BevportError):
 
 class CheckpointError(BevportError):
     pass
+
+
+class DatasetError(BevportError):
+    """A dataset folder, frame or calibration file that cannot be read as the recipe expects."""
+
+
+class QuantizeError(BevportError):
+    """Calibration or quantization inputs that do not fit the recipe or each other."""
