@@ -90,6 +90,76 @@ def cmd_synth_ckpt(args) -> None:
                                        f"to {args.out}")
 
 
+def cmd_synth_data(args) -> None:
+    from bevport.data.scenes import write_synthetic_dataset
+
+    with _Progress(args.quiet) as progress:
+        write_synthetic_dataset(args.out, frames=args.frames, seed=args.seed, overwrite=args.overwrite,
+                                progress=lambda done, total: progress(f"scene {done}/{total}"))
+    if not args.quiet:
+        Console(highlight=False).print(f"[green]wrote[/] {args.frames} synthetic scenes (seed {args.seed}) "
+                                       f"in the KITTI layout to {args.out}")
+
+
+def cmd_calibrate(args) -> None:
+    from bevport.quantize.calibrate import calibrate
+
+    recipe = _load_recipe(args)
+    with _Progress(args.quiet) as progress:
+        manifest = calibrate(recipe, args.onnx, args.data, args.out, num_samples=args.num_samples,
+                             holdout=args.holdout, split=args.split, on_bad_frame=args.on_bad_frame,
+                             seed=args.seed, progress=progress, warn=_warn)
+    if manifest["warning"]:
+        _loud(manifest["warning"])
+    if not args.quiet:
+        roles = [f["role"] for f in manifest["frames"]]
+        dropped = manifest["frames_with_dropped_pillars"]
+        Console(highlight=False).print(
+            f"[green]calibration set[/] {args.out}: {roles.count('calibration')} calibration + "
+            f"{roles.count('holdout')} held-out frames, {len(manifest['skipped'])} skipped, "
+            f"{dropped} with pillars beyond V={manifest['static_voxels']}")
+
+
+def _loud(message: str) -> None:
+    console.print(f"[bold white on red] {message.upper()} [/]")
+
+
+def cmd_quantize(args) -> None:
+    import json
+
+    from bevport.quantize.ptq import quantize
+
+    recipe = _load_recipe(args)
+    with _Progress(args.quiet) as progress:
+        summary = quantize(recipe, args.onnx, args.calib, args.out, target_device=args.target_device,
+                           latency_runs=args.latency_runs, progress=progress, warn=_warn)
+    report = json.loads((Path(args.out) / "report.json").read_text())
+    for flag in report["flags"]:
+        _warn(f"low INT8 SNR: {flag}")
+    if summary["calibration"]["warning"]:
+        _loud(summary["calibration"]["warning"])
+    if not args.quiet:
+        _print_quantize_summary(report, Path(args.out))
+
+
+def _print_quantize_summary(report, out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("graph", "worst INT8 SNR", "FP32 ms (default)", "FP32 ms (f32)", "INT8 ms", "INT8 MB"):
+        table.add_column(column, justify="left" if column == "graph" else "right")
+    for graph, g in report["graphs"].items():
+        snrs = [v["int8 (default)"]["snr_db"] for v in g["outputs"].values()]
+        worst = min((s for s in snrs if s is not None), default=None)
+        lat = g["latency"]
+        table.add_row(graph, "identical" if worst is None else f"{worst:.1f} dB",
+                      f"{lat['fp32 (default)']['median_ms']:.1f}", f"{lat['fp32 (f32)']['median_ms']:.1f}",
+                      f"{lat['int8 (default)']['median_ms']:.1f}", f"{g['bytes']['int8'] / 1e6:.1f}")
+    Console(highlight=False).print(table)
+    Console(highlight=False).print(f"[green]quantized[/] {len(report['graphs'])} graphs to {out} "
+                                   f"(report: {out / 'report.md'})")
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default="v2xfusion-pp-r34", help="recipe name (recipes/<name>.yaml) or path")
     p.add_argument("--config", type=Path, help="upstream torchpack training config to overlay on the recipe")
@@ -115,6 +185,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.set_defaults(func=cmd_synth_ckpt)
+
+    p = sub.add_parser("synth-data", help="write deterministic synthetic roadside scenes in the KITTI layout")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=cmd_synth_data)
+
+    p = sub.add_parser("calibrate", help="run the FP32 graphs over dataset frames and store each graph's inputs")
+    _add_recipe_args(p)
+    p.add_argument("--onnx", type=Path, required=True, help="a `bevport export` output folder")
+    p.add_argument("--data", type=Path, help="dataset root (KITTI layout or DAIR-V2X-I); default: synthetic scenes")
+    p.add_argument("--split", help="ImageSets/<split>.txt to take frame ids from (KITTI layout)")
+    p.add_argument("--num-samples", type=int, help="calibration frames (default: the recipe's, 300)")
+    p.add_argument("--holdout", type=int, help="held-out frames for the report (default: the recipe's)")
+    p.add_argument("--on-bad-frame", choices=("skip", "fail"), default="skip",
+                   help="skip an unreadable frame with a warning (default) or stop")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic scenes when --data is not given")
+    p.add_argument("--out", type=Path, required=True, help="calibration set folder (replaced only on success)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("quantize", help="NNCF INT8 quantization of every graph + FP32 IRs + a drift report")
+    _add_recipe_args(p)
+    p.add_argument("--onnx", type=Path, required=True, help="the `bevport export` folder the set was made from")
+    p.add_argument("--calib", type=Path, required=True, help="a `bevport calibrate` output folder")
+    p.add_argument("--target-device", choices=("ANY", "CPU", "GPU", "NPU", "CPU_SPR"),
+                   help="NNCF target device (default: the recipe's)")
+    p.add_argument("--latency-runs", type=int, help="timed inferences per graph and precision in the report")
+    p.add_argument("--out", type=Path, required=True, help="IR folder (replaced only on success)")
+    p.set_defaults(func=cmd_quantize)
     return parser
 
 

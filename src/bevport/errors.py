@@ -30,3 +30,7 @@ class DatasetError(BevportError):
 
 class QuantizeError(BevportError):
     """Calibration or quantization inputs that do not fit the recipe or each other."""
+
+
+class GraphError(BevportError):
+    """A graph file that is missing, unreadable, or whose ports differ from the recipe's deploy contract."""

@@ -177,6 +177,26 @@ def validate(r: Recipe) -> None:
     _check(r.export.static_voxels > 0 and r.export.deploy_max_points >= vox.max_num_points, r, "export",
            f"static_voxels must be > 0 and deploy_max_points >= max_num_points ({vox.max_num_points})")
     _check(r.export.opset >= 13, r, "export.opset", "must be 13 or newer")
+    _validate_quantize(r)
+
+
+def _validate_quantize(r: Recipe) -> None:
+    q = r.quantize
+    _check(q.calibration_frames >= 1 and q.holdout_frames >= 1, r, "quantize",
+           "needs calibration_frames >= 1 and holdout_frames >= 1")
+    _check(q.subset_size is None or q.subset_size >= 1, r, "quantize.subset_size", "must be null or >= 1")
+    _check(str(q.target_device).upper() in ("ANY", "CPU", "GPU", "NPU", "CPU_SPR"), r, "quantize.target_device",
+           f"is {q.target_device}; NNCF knows ANY, CPU, GPU, NPU, CPU_SPR")
+    _check(str(q.preset).lower() in ("performance", "mixed"), r, "quantize.preset", "must be performance or mixed")
+    _check(sorted(q.graphs) == ["camera", "fuser", "head", "lidar_pfe"], r, "quantize.graphs",
+           f"must name the four deploy graphs camera, lidar_pfe, fuser, head; has {sorted(q.graphs)}")
+    for key in q.graphs:
+        graph = q.graphs[key]
+        _check(graph.source in ("camera", "lidar_pfe_static", "fuser", "head"), r, f"quantize.graphs.{key}.source",
+               f"is {graph.source}; must be a static export graph")
+        _check(isinstance(graph.ir, str) and graph.ir, r, f"quantize.graphs.{key}.ir", "must be a file stem")
+    _check(q.report.min_snr_db > 0 and q.report.latency_runs >= 1, r, "quantize.report",
+           "needs min_snr_db > 0 and latency_runs >= 1")
 
 
 def _recipe_path(name_or_path: Union[str, os.PathLike]) -> Path:

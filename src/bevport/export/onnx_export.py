@@ -4,7 +4,6 @@ Everything is written into a temporary folder that replaces `--out` only when ev
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -22,7 +21,7 @@ from bevport.contract import Contract, GraphSpec, TensorSpec, build_contract
 from bevport.errors import BevportError
 from bevport.export.graphs import build_graph
 from bevport.export.parity import DYNAMIC_V, check_parity, sample_inputs
-from bevport.fsutil import atomic_output_dir
+from bevport.fsutil import atomic_output_dir, sha256_file
 from bevport.models.v2xfusion import V2XFusion
 from bevport.recipe import Recipe
 
@@ -32,14 +31,6 @@ _ONNX_DTYPES = {"float32": 1, "int32": 6, "int64": 7}
 
 class ExportError(BevportError):
     pass
-
-
-def sha256_file(path: os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _onnx_export(module: torch.nn.Module, args, spec: GraphSpec, path: Path, opset: int) -> None:
@@ -97,13 +88,9 @@ def verify_contract(path: Path, spec: GraphSpec) -> None:
 def _verify_openvino_names(path: Path, spec: GraphSpec) -> None:
     import openvino as ov
 
-    model = ov.Core().read_model(str(path))
-    for ports, tensors in ((model.inputs, spec.inputs), (model.outputs, spec.outputs)):
-        for port, t in zip(ports, tensors):
-            names = set(port.get_names())
-            if names != {t.name}:
-                raise ExportError(f"{spec.file}: OpenVINO sees port names {sorted(names)} where the deploy binary "
-                                  f"binds `{t.name}` by name")
+    from bevport.runtime.graphs import check_ports
+
+    check_ports(ov.Core().read_model(str(path)), spec, path)
 
 
 def _example_args(spec: GraphSpec, key: str, recipe: Recipe):

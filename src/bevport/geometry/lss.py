@@ -4,14 +4,17 @@ Frustum point (d, h, w) is where the ray through feature pixel (h, w) meets the 
 z = dbound[0] + (dbound[1] - dbound[0]) * (d / D) ** alpha ("DID" height bins). Its BEV cell is found with
 truncation toward zero, as upstream's `.long()` does, not floor. Pooling sums depth[d,h,w] * feat[h,w,c] over every
 frustum point of a cell; the cell lists depend only on calibration, so they are computed once per calibration
-(`PoolTable`) and pooling is a segment sum over precomputed indices.
+(`PoolTable`, cached per calibration by `PoolTableCache`) and pooling is two sparse products over them.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
 F32 = np.float32
 
@@ -68,38 +71,96 @@ def geometry(recipe, intrinsics: np.ndarray, camera2lidar: np.ndarray, img_aug: 
 
 @dataclass
 class PoolTable:
-    """Frustum points that land in the BEV grid, sorted by cell: pooling = segment sums over `order`."""
-    order: np.ndarray      # flat (d, h, w) index of each kept point, sorted by cell
-    starts: np.ndarray     # start of each non-empty cell's segment in `order`
-    cells: np.ndarray      # flat BEV index ix * ny + iy of each segment
+    """Which frustum points pool into which BEV cell, as two sparse matrices.
+
+    Many frustum points of one pixel (neighbouring height bins) share a BEV cell, so pooling factors into
+    (1) summing each (cell, pixel) pair's depth weights and (2) a sparse [cells x pixels] @ [pixels x C] product."""
+    gather: csr_matrix     # [pairs, D*fH*fW] of ones: row q sums the depth weights of pair q's frustum points
+    pixels: np.ndarray     # [pairs] int32 feature pixel h * fW + w of each pair, pairs sorted by cell
+    indptr: np.ndarray     # [nx*ny + 1] int32: the pairs of flat BEV cell ix * ny + iy are indptr[i]:indptr[i+1]
     shape: tuple           # (D, fH, fW) of the frustum
     grid: tuple            # (nx, ny)
 
     @property
     def num_points(self) -> int:
-        return int(self.order.size)
+        """Frustum points inside the BEV grid."""
+        return int(self.gather.nnz)
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.pixels.size)
+
+    @property
+    def num_cells(self) -> int:
+        """BEV cells hit by at least one frustum point."""
+        return int(np.count_nonzero(np.diff(self.indptr)))
 
 
-def pool_table(recipe, geom: np.ndarray) -> PoolTable:
+def _kept_cells(recipe, geom: np.ndarray):
+    """(flat frustum index, flat BEV cell) of every frustum point inside the grid, in frustum order."""
     dx, bx, nx = _bounds(recipe)
     idx = ((geom - (bx - dx / F32(2.0))) / dx).astype(np.int64)  # truncation toward zero, as torch .long()
     kept = np.all((idx >= 0) & (idx < nx), axis=-1).reshape(-1)
     flat = idx.reshape(-1, 3)[kept]
-    cell = flat[:, 0] * nx[1] + flat[:, 1]  # z has a single bin
-    points = np.flatnonzero(kept)
-    sort = np.argsort(cell, kind="stable")
-    cell, points = cell[sort], points[sort]
-    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-    return PoolTable(points, starts, cell[starts], geom.shape[:3], (int(nx[0]), int(nx[1])))
+    return np.flatnonzero(kept), flat[:, 0] * nx[1] + flat[:, 1]  # z has a single bin
+
+
+def pool_table(recipe, geom: np.ndarray) -> PoolTable:
+    """The pooling structure of frustum geometry [D, fH, fW, 3] (from `geometry`)."""
+    d, fh, fw = geom.shape[:3]
+    num_pixels = fh * fw
+    _, _, nx = _bounds(recipe)
+    points, cell = _kept_cells(recipe, geom)
+    pair = cell * num_pixels + points % num_pixels
+    by_pair = np.argsort(pair, kind="stable")
+    pair = pair[by_pair]
+    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]]) if pair.size else np.zeros(0, np.int64)
+    pair_cell, pair_pixel = np.divmod(pair[starts], num_pixels)
+    num_cells = int(nx[0] * nx[1])
+    indptr = np.searchsorted(pair_cell, np.arange(num_cells + 1)).astype(np.int32)
+    gather = csr_matrix((np.ones(points.size, F32), points[by_pair].astype(np.int32),
+                         np.r_[starts, points.size].astype(np.int32)), shape=(starts.size, d * num_pixels))
+    return PoolTable(gather, pair_pixel.astype(np.int32), indptr, (d, fh, fw), (int(nx[0]), int(nx[1])))
 
 
 def bev_pool(table: PoolTable, depth: np.ndarray, feat_hwc: np.ndarray) -> np.ndarray:
-    """depth [D,fH,fW], features [fH,fW,C] -> BEV [C, nx, ny] (sum over each cell's frustum points)."""
-    d, fh, fw = table.shape
-    c = feat_hwc.shape[-1]
-    hw = table.order % (fh * fw)
-    weighted = depth.reshape(-1)[table.order, None] * feat_hwc.reshape(-1, c)[hw]
-    sums = np.add.reduceat(weighted, table.starts, axis=0) if table.num_points else np.zeros((0, c), F32)
-    out = np.zeros((table.grid[0] * table.grid[1], c), F32)
-    out[table.cells] = sums
-    return out.T.reshape(c, table.grid[0], table.grid[1])
+    """depth [D,fH,fW], features [fH,fW,C] -> BEV [C, nx, ny] float32 (sum over each cell's frustum points)."""
+    _, fh, fw = table.shape
+    feat = np.asarray(feat_hwc, F32).reshape(fh * fw, -1)
+    weights = table.gather @ np.asarray(depth, F32).reshape(-1)
+    cells = csr_matrix((weights, table.pixels, table.indptr), shape=(table.indptr.size - 1, fh * fw))
+    return np.ascontiguousarray((cells @ feat).T).reshape(feat.shape[1], table.grid[0], table.grid[1])
+
+
+def calibration_key(intrinsics, camera2lidar, img_aug, lidar_aug, denorm) -> tuple:
+    """Hashable identity of one camera's calibration, at the float32 precision `geometry` computes in."""
+    arrays = (np.ascontiguousarray(m, F32) for m in (intrinsics, camera2lidar, img_aug, lidar_aug, denorm))
+    return tuple((a.shape, a.tobytes()) for a in arrays)
+
+
+class PoolTableCache:
+    """Pool tables by calibration, least recently used evicted first: a runtime builds each table once."""
+
+    def __init__(self, recipe, max_size: int = 8):
+        self.recipe = recipe
+        self.max_size = max_size
+        self.builds = 0
+        self._tables = OrderedDict()  # calibration key -> PoolTable, oldest first
+        self._lock = threading.Lock()
+
+    def get(self, intrinsics, camera2lidar, img_aug, lidar_aug, denorm) -> PoolTable:
+        key = calibration_key(intrinsics, camera2lidar, img_aug, lidar_aug, denorm)
+        with self._lock:
+            table = self._tables.get(key)
+            if table is None:
+                geom = geometry(self.recipe, intrinsics, camera2lidar, img_aug, lidar_aug, denorm)
+                table = pool_table(self.recipe, geom)
+                self.builds += 1
+            self._tables[key] = table
+            self._tables.move_to_end(key)
+            while len(self._tables) > self.max_size:
+                self._tables.popitem(last=False)
+            return table
+
+    def __len__(self) -> int:
+        return len(self._tables)

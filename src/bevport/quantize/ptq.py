@@ -1,0 +1,123 @@
+"""`bevport quantize`: NNCF post-training quantization of the four deploy graphs, with the recipe's settings.
+
+For each graph the output folder receives the FP32 IR (`<onnx stem>.xml/.bin`) and the INT8 IR under the deploy
+binary's name (`quantized_<graph>.xml/.bin`), then the FP32-vs-INT8 report on the held-out frames.
+The same ONNX and calibration set give byte-identical IRs: frames are fed in manifest order and nothing is sampled.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from bevport import __version__
+from bevport.contract import build_contract
+from bevport.errors import QuantizeError
+from bevport.fsutil import atomic_output_dir, sha256_file
+from bevport.quantize.calibrate import frame_files, load_feed, load_manifest, onnx_files
+from bevport.runtime.graphs import check_ports, read_graph
+
+
+def _nncf_settings(recipe, graph: str, target_device: Optional[str]):
+    import nncf
+
+    q = recipe.quantize
+    ignored = q.graphs[graph].get("ignored_types") or []
+    return dict(
+        fast_bias_correction=bool(q.fast_bias_correction),
+        target_device=getattr(nncf.TargetDevice, str(target_device or q.target_device).upper()),
+        preset=getattr(nncf.QuantizationPreset, str(q.preset).upper()),
+        ignored_scope=nncf.IgnoredScope(types=list(ignored), validate=False) if ignored else None,
+    )
+
+
+def count_fake_quantize(model) -> int:
+    return sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
+
+
+def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: Path, manifest: Dict,
+                    out: Path, target_device: Optional[str]) -> Dict:
+    import nncf
+    import openvino as ov
+
+    spec = contract[recipe.quantize.graphs[graph].source]
+    model = read_graph(core, onnx, spec)
+    fp32_path = out / f"{onnx.stem}.xml"
+    ov.save_model(model, str(fp32_path), compress_to_fp16=False)
+    files = frame_files(calib_dir, manifest, graph, "calibration")
+    subset = recipe.quantize.subset_size or len(files)
+    dataset = nncf.Dataset(files, load_feed)
+    quantized = nncf.quantize(model, dataset, subset_size=min(subset, len(files)),
+                              **_nncf_settings(recipe, graph, target_device))
+    int8_path = out / f"{recipe.quantize.graphs[graph].ir}.xml"
+    ov.save_model(quantized, str(int8_path), compress_to_fp16=bool(recipe.quantize.compress_to_fp16))
+    check_ports(core.read_model(str(int8_path)), spec, int8_path)
+    return {"onnx": onnx.name, "fp32_ir": fp32_path.name, "int8_ir": int8_path.name,
+            "calibration_frames": len(files), "subset_size": min(subset, len(files)),
+            "fake_quantize_ops": count_fake_quantize(quantized),
+            "ignored_types": list(recipe.quantize.graphs[graph].get("ignored_types") or [])}
+
+
+def _quiet_nncf() -> None:
+    # NNCF logs every algorithm step at INFO; bevport prints its own one line per graph.
+    logging.getLogger("nncf").setLevel(logging.WARNING)
+
+
+def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.PathLike,
+             target_device: Optional[str] = None, report: bool = True, latency_runs: Optional[int] = None,
+             progress: Callable[[str], None] = lambda msg: None,
+             warn: Callable[[str], None] = lambda msg: None) -> Dict:
+    """FP32 and INT8 IRs of every graph in `out`, plus quantize.json and the report. Returns the summary."""
+    import openvino as ov
+
+    from bevport.quantize.report import write_report
+
+    contract = build_contract(recipe)
+    manifest = load_manifest(calib_dir, recipe)
+    files = onnx_files(recipe, contract, Path(onnx_dir))
+    current = {path.name: sha256_file(path) for path in files.values()}
+    if current != manifest["onnx"]["files"]:
+        changed = sorted(name for name in current if manifest["onnx"]["files"].get(name) != current[name])
+        raise QuantizeError(f"{calib_dir} was calibrated with other graphs than those in {onnx_dir} "
+                            f"(differs: {', '.join(changed)})", "run `bevport calibrate` again on this ONNX folder")
+    if manifest.get("warning"):
+        warn(manifest["warning"])
+    _quiet_nncf()
+    core = ov.Core()
+    with atomic_output_dir(out) as tmp:
+        graphs = {}
+        for graph in ("camera", "lidar_pfe", "fuser", "head"):
+            source = recipe.quantize.graphs[graph].source
+            progress(f"quantizing {graph} ({files[source].name}) on "
+                     f"{len(frame_files(calib_dir, manifest, graph, 'calibration'))} calibration frames")
+            graphs[graph] = _quantize_graph(core, recipe, contract, graph, files[source], Path(calib_dir),
+                                            manifest, tmp, target_device)
+        for entry in graphs.values():
+            entry["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                              for p in sorted(tmp.iterdir()) if p.stem in (Path(entry["fp32_ir"]).stem,
+                                                                          Path(entry["int8_ir"]).stem)}
+        summary = {
+            "bevport_version": __version__,
+            "recipe": recipe.name,
+            "calibration": {"folder": str(calib_dir), "sha256": manifest["sha256"],
+                            "synthetic": manifest["dataset"]["synthetic"], "warning": manifest.get("warning")},
+            "settings": {"target_device": str(target_device or recipe.quantize.target_device).upper(),
+                         "preset": recipe.quantize.preset, "fast_bias_correction": recipe.quantize.fast_bias_correction,
+                         "compress_to_fp16": recipe.quantize.compress_to_fp16},
+            "versions": {"nncf": _version("nncf"), "openvino": ov.get_version()},
+            "graphs": graphs,
+        }
+        (tmp / "quantize.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if report:
+            write_report(recipe, contract, tmp, Path(calib_dir), manifest, summary, progress=progress,
+                         latency_runs=latency_runs)
+    return summary
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except (ImportError, AttributeError):
+        return "unknown"
