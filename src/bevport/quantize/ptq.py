@@ -6,9 +6,11 @@ The same ONNX and calibration set give byte-identical IRs: frames are fed in man
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -18,6 +20,8 @@ from bevport.errors import QuantizeError
 from bevport.fsutil import atomic_output_dir, sha256_file
 from bevport.quantize.calibrate import frame_files, load_feed, load_manifest, onnx_files
 from bevport.runtime.graphs import check_ports, read_graph
+
+_AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
 
 
 def _nncf_settings(recipe, graph: str, target_device: Optional[str]):
@@ -33,6 +37,25 @@ def _nncf_settings(recipe, graph: str, target_device: Optional[str]):
     )
 
 
+def canonical_names(model) -> None:
+    """Renumber OpenVINO's automatic node names in graph order.
+
+    Nodes without a name get `<Type>_<n>` from a process-wide counter, so the same graph would serialize to
+    different bytes depending on what the process built before. Graph order makes the IR a function of the graph.
+    """
+    for index, op in enumerate(model.get_ordered_ops()):
+        match = _AUTO_NAME.match(op.get_friendly_name())
+        if match and match.group(1) == op.get_type_name():
+            op.set_friendly_name(f"{op.get_type_name()}_{index}")
+
+
+def save_ir(model, path: Path, compress_to_fp16: bool) -> None:
+    import openvino as ov
+
+    canonical_names(model)
+    ov.save_model(model, str(path), compress_to_fp16=compress_to_fp16)
+
+
 def count_fake_quantize(model) -> int:
     return sum(1 for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize")
 
@@ -40,19 +63,19 @@ def count_fake_quantize(model) -> int:
 def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: Path, manifest: Dict,
                     out: Path, target_device: Optional[str]) -> Dict:
     import nncf
-    import openvino as ov
 
     spec = contract[recipe.quantize.graphs[graph].source]
     model = read_graph(core, onnx, spec)
     fp32_path = out / f"{onnx.stem}.xml"
-    ov.save_model(model, str(fp32_path), compress_to_fp16=False)
+    save_ir(model, fp32_path, compress_to_fp16=False)
     files = frame_files(calib_dir, manifest, graph, "calibration")
     subset = recipe.quantize.subset_size or len(files)
     dataset = nncf.Dataset(files, load_feed)
-    quantized = nncf.quantize(model, dataset, subset_size=min(subset, len(files)),
-                              **_nncf_settings(recipe, graph, target_device))
+    with _quiet_nncf():
+        quantized = nncf.quantize(model, dataset, subset_size=min(subset, len(files)),
+                                  **_nncf_settings(recipe, graph, target_device))
     int8_path = out / f"{recipe.quantize.graphs[graph].ir}.xml"
-    ov.save_model(quantized, str(int8_path), compress_to_fp16=bool(recipe.quantize.compress_to_fp16))
+    save_ir(quantized, int8_path, compress_to_fp16=bool(recipe.quantize.compress_to_fp16))
     check_ports(core.read_model(str(int8_path)), spec, int8_path)
     return {"onnx": onnx.name, "fp32_ir": fp32_path.name, "int8_ir": int8_path.name,
             "calibration_frames": len(files), "subset_size": min(subset, len(files)),
@@ -60,9 +83,19 @@ def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: P
             "ignored_types": list(recipe.quantize.graphs[graph].get("ignored_types") or [])}
 
 
-def _quiet_nncf() -> None:
-    # NNCF logs every algorithm step at INFO; bevport prints its own one line per graph.
-    logging.getLogger("nncf").setLevel(logging.WARNING)
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF logs each algorithm step and draws progress bars on stdout; bevport reports one line per graph."""
+    import nncf  # noqa: F401  (nncf sets its logger's level on import: import first, then override)
+
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.PathLike,
@@ -84,7 +117,6 @@ def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.Path
                             f"(differs: {', '.join(changed)})", "run `bevport calibrate` again on this ONNX folder")
     if manifest.get("warning"):
         warn(manifest["warning"])
-    _quiet_nncf()
     core = ov.Core()
     with atomic_output_dir(out) as tmp:
         graphs = {}
