@@ -8,9 +8,12 @@ install:            ## torch's CPU wheel first (a bare `torch` requirement pulls
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[export,dev]'
 
-demo:               ## synthetic checkpoint -> the five deploy graphs + parity.json in $(WORK)/onnx
+demo:               ## synthetic checkpoint + scenes -> ONNX graphs, calibration set, FP32 + INT8 IRs and report in $(WORK)
 	$(PYTHON) -m bevport synth-ckpt --seed 0 --out $(WORK)/synthetic_seed0.pth
 	$(PYTHON) -m bevport export --ckpt $(WORK)/synthetic_seed0.pth --out $(WORK)/onnx
+	$(PYTHON) -m bevport synth-data --frames 40 --seed 0 --out $(WORK)/scenes --overwrite
+	$(PYTHON) -m bevport calibrate --onnx $(WORK)/onnx --data $(WORK)/scenes --num-samples 32 --holdout 8 --out $(WORK)/calib
+	$(PYTHON) -m bevport quantize --onnx $(WORK)/onnx --calib $(WORK)/calib --out $(WORK)/ir
 
 test:
 	$(PYTHON) -m pytest -q
@@ -20,6 +23,8 @@ test-slow:
 
 bench:
 	$(PYTHON) benchmarks/export.py
+	$(PYTHON) benchmarks/pool.py
+	cd benchmarks && $(PYTHON) quantize.py --out results/quantize.json
 
 clean:
 	rm -rf work benchmarks/results .pytest_cache

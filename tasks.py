@@ -24,11 +24,38 @@ def export(c, ckpt, out="work/onnx", recipe="v2xfusion-pp-r34", config=None, spa
     c.run(f"{PY} -m bevport export --recipe {recipe} --ckpt {ckpt} --out {out}{extra}", pty=sys.stdout.isatty())
 
 
+@task(help={"frames": "number of scenes", "seed": "generator seed", "out": "dataset folder (KITTI layout)"})
+def synth_data(c, frames=40, seed=0, out="work/demo/scenes"):
+    """Write deterministic synthetic roadside scenes (the built-in default dataset)."""
+    c.run(f"{PY} -m bevport synth-data --frames {frames} --seed {seed} --out {out} --overwrite",
+          pty=sys.stdout.isatty())
+
+
+@task(help={"onnx": "export folder", "data": "dataset root (default: synthetic scenes)",
+            "num_samples": "calibration frames", "holdout": "held-out frames for the report", "out": "output folder"})
+def calibrate(c, onnx="work/onnx", data=None, num_samples=None, holdout=None, out="work/calib",
+              recipe="v2xfusion-pp-r34"):
+    """Run the FP32 graphs over dataset frames and store each graph's inputs (the calibration set)."""
+    extra = "".join(f" --{flag} {value}" for flag, value in
+                    (("data", data), ("num-samples", num_samples), ("holdout", holdout)) if value is not None)
+    c.run(f"{PY} -m bevport calibrate --recipe {recipe} --onnx {onnx} --out {out}{extra}", pty=sys.stdout.isatty())
+
+
+@task(help={"onnx": "export folder", "calib": "calibration set", "out": "IR folder"})
+def quantize(c, onnx="work/onnx", calib="work/calib", out="work/ir", recipe="v2xfusion-pp-r34"):
+    """NNCF INT8 quantization of the four graphs, FP32 IRs and the drift/latency report."""
+    c.run(f"{PY} -m bevport quantize --recipe {recipe} --onnx {onnx} --calib {calib} --out {out}",
+          pty=sys.stdout.isatty())
+
+
 @task
 def demo(c, work="work/demo"):
-    """Everything on built-in defaults: synthetic checkpoint, then export."""
+    """Everything on built-in defaults: synthetic checkpoint and scenes -> ONNX -> calibration -> INT8 IRs."""
     synth_ckpt(c, out=f"{work}/synthetic_seed0.pth")
     export(c, ckpt=f"{work}/synthetic_seed0.pth", out=f"{work}/onnx")
+    synth_data(c, out=f"{work}/scenes")
+    calibrate(c, onnx=f"{work}/onnx", data=f"{work}/scenes", num_samples=32, holdout=8, out=f"{work}/calib")
+    quantize(c, onnx=f"{work}/onnx", calib=f"{work}/calib", out=f"{work}/ir")
 
 
 @task(help={"slow": "run only the slow end-to-end tests", "k": "pytest -k expression"})
@@ -40,5 +67,8 @@ def test(c, slow=False, k=None):
 
 @task
 def bench(c):
-    """Export wall time and peak memory -> benchmarks/results/export.json."""
+    """Export, geometry and calibrate+quantize benchmarks -> benchmarks/results/*.json."""
     c.run(f"{PY} benchmarks/export.py")
+    c.run(f"{PY} benchmarks/pool.py")
+    with c.cd("benchmarks"):
+        c.run(f"{PY} quantize.py --out results/quantize.json")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bevport"
-TORCH_FREE = ["geometry", "runtime", "bundle", "recipe.py", "configchain.py", "contract.py", "errors.py", "fsutil.py"]
+TORCH_FREE = ["data", "geometry", "runtime", "quantize", "bundle", "recipe.py", "configchain.py", "contract.py", "errors.py", "fsutil.py"]
 
 
 def test_sources_parse_as_python38():

@@ -34,3 +34,27 @@ def test_config_variant_exports_with_sparsity(tmp_path):
     assert [dims(o) for o in camera.output] == [[1, 80, 40, 72], [1, 180, 40, 72]]
     summary = json.loads((out / "export.json").read_text())
     assert summary["sparsity"] is True and str(variant) in summary["recipe_origin"]
+
+
+@pytest.mark.slow
+def test_calibrate_and_quantize_32_synthetic_frames_twice(exported, tmp_path):
+    """The issue's acceptance run: 32 synthetic frames -> four INT8 IRs with the deploy names and a held-out report,
+    byte-identical when a second, separate process quantizes the same ONNX and calibration set."""
+    import subprocess
+    import sys
+
+    scenes, calib = tmp_path / "scenes", tmp_path / "calib"
+    main(["synth-data", "--frames", "36", "--out", str(scenes), "-q"])
+    main(["calibrate", "--onnx", str(exported), "--data", str(scenes), "--num-samples", "32", "--holdout", "4",
+          "--out", str(calib), "-q"])
+    runs = []
+    for name in ("ir1", "ir2"):
+        subprocess.run([sys.executable, "-m", "bevport", "quantize", "--onnx", str(exported), "--calib", str(calib),
+                        "--latency-runs", "2", "--out", str(tmp_path / name), "-q"], check=True)
+        runs.append({p.name: p.read_bytes() for p in (tmp_path / name).iterdir() if p.suffix in (".xml", ".bin")})
+    stems = {"quantized_camera", "quantized_lidar_pfe", "quantized_fuser", "quantized_head"}
+    assert {f"{s}.{e}" for s in stems for e in ("xml", "bin")} <= set(runs[0])
+    assert runs[0] == runs[1]
+    report = json.loads((tmp_path / "ir1" / "report.json").read_text())
+    assert report["calibration_frames"] == 32 and len(report["heldout_frames"]) == 4
+    assert all(len(g["outputs"]) for g in report["graphs"].values())

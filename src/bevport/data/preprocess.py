@@ -10,7 +10,6 @@ direct half-pixel linear resize to the model size (no crop), true R,G,B order, a
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -144,14 +143,6 @@ class CameraMetas:
     img_aug: np.ndarray        # [4,4]
     lidar_aug: np.ndarray      # [4,4] identity at test time
     denorm: np.ndarray         # [4]
-
-    @property
-    def key(self) -> str:
-        """Changes with any bit of any matrix: the cache key of per-calibration lookup tables."""
-        digest = hashlib.sha256()
-        for m in (self.intrinsics, self.camera2lidar, self.img_aug, self.lidar_aug, self.denorm):
-            digest.update(np.ascontiguousarray(m, F32).tobytes())
-        return digest.hexdigest()
 
     def geometry_args(self) -> Tuple[np.ndarray, ...]:
         """(intrinsics, camera2lidar, img_aug, lidar_aug, denorm), the order geometry.lss.geometry takes them in."""

@@ -67,8 +67,9 @@ def _collect(recipe, dataset: Dataset, pipeline: Pipeline, tmp: Path, wanted: in
         if len(frames) == wanted:
             break
         try:
-            frame = dataset.frame(index)
-            inputs = prepare_frame(recipe, pipeline.contract, frame)
+            with pipeline.timed("read_and_preprocess"):
+                frame = dataset.frame(index)
+                inputs = prepare_frame(recipe, pipeline.contract, frame)
         except DatasetError as exc:
             if on_bad_frame == "fail":
                 raise
@@ -81,8 +82,9 @@ def _collect(recipe, dataset: Dataset, pipeline: Pipeline, tmp: Path, wanted: in
             warn(f"frame {frame.id}: {inputs.num_voxels} pillars, {inputs.num_dropped} beyond V={limit} are "
                  "dropped (the deploy binary drops them too)")
         result = pipeline.run(inputs)
-        for stage, feed in result.feeds.items():
-            _store(tmp / graph_of_stage[stage], frame.id, feed)
+        with pipeline.timed("store"):
+            for stage, feed in result.feeds.items():
+                _store(tmp / graph_of_stage[stage], frame.id, feed)
         frames.append({"id": frame.id, "role": role, "pillars": inputs.num_voxels,
                        "dropped_pillars": inputs.num_dropped})
     return frames, skipped
@@ -147,6 +149,7 @@ def calibrate(recipe, onnx_dir: os.PathLike, data: Optional[os.PathLike], out: o
             "skipped": skipped,
             "frames_with_dropped_pillars": sum(1 for f in frames if f["dropped_pillars"]),
             "graphs": sorted(recipe.quantize.graphs),
+            "seconds": {stage: round(t, 3) for stage, t in sorted(pipeline.seconds.items())},
             "sha256": _set_hash(tmp, recipe.quantize.graphs),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -8,6 +8,9 @@ the tensors each graph saw.
 """
 from __future__ import annotations
 
+import contextlib
+import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict
@@ -62,6 +65,7 @@ class Pipeline:
         self.contract = contract
         self.compiled = compiled
         self.tables = PoolTableCache(recipe)
+        self.seconds: Dict[str, float] = defaultdict(float)  # accumulated wall time per graph and NumPy stage
 
     @classmethod
     def from_files(cls, recipe, contract: Contract, files: Dict[str, Path], device: str = "CPU",
@@ -77,8 +81,15 @@ class Pipeline:
     def _run(self, key: str, feed: Dict[str, np.ndarray], result: FrameResult) -> Dict[str, np.ndarray]:
         spec: GraphSpec = self.contract[key]
         result.feeds[key] = feed
-        result.outputs[key] = infer(self.compiled[key], spec, feed)
+        with self.timed(key):
+            result.outputs[key] = infer(self.compiled[key], spec, feed)
         return result.outputs[key]
+
+    @contextlib.contextmanager
+    def timed(self, stage: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] += time.perf_counter() - start
 
     def camera_bev(self, result: FrameResult) -> np.ndarray:
         spec = self.contract["camera"]
@@ -86,15 +97,17 @@ class Pipeline:
         feature, depth = (out[t.name] for t in spec.outputs)
         # The feature's memory is NHWC under its declared NCHW shape (contract): view it as [fH, fW, C].
         _, c, fh, fw = feature.shape
-        table = self.tables.get(*result.inputs.metas.geometry_args())
-        return bev_pool(table, depth[0], feature.reshape(fh, fw, c))[None]
+        with self.timed("bev_pool"):
+            table = self.tables.get(*result.inputs.metas.geometry_args())
+            return bev_pool(table, depth[0], feature.reshape(fh, fw, c))[None]
 
     def lidar_bev(self, result: FrameResult) -> np.ndarray:
         spec = self.contract["lidar_pfe_static"]
         pfe = result.inputs.pfe
         pillars = self._run("lidar_pfe_static", pfe, result)[spec.outputs[0].name]
         features, num_voxels, coors = (pfe[t.name] for t in spec.inputs)
-        return scatter(pillars, coors, num_voxels, self.recipe.bev_shape)
+        with self.timed("scatter"):
+            return scatter(pillars, coors, num_voxels, self.recipe.bev_shape)
 
     def run(self, inputs: FrameInputs) -> FrameResult:
         """All four graphs in order; every graph's feed and outputs are kept on the result."""
