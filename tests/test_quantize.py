@@ -238,3 +238,23 @@ def test_quantize_refuses_a_calibration_set_from_other_graphs_or_recipe(exported
     (other / "fuser" / "000001.npz").unlink()
     assert "fuser/000001.npz" in _fail(args, capsys)
     assert not (tmp_path / "ir").exists()
+
+
+def test_intensity_converted_to_unit_range_is_caught_and_rescaled(exported, scenes, calib, tmp_path, capsys):
+    """Converters that write .bin divide intensity by 255; training read it raw. bevport warns, and
+    --intensity-scale 255 restores exactly the tensors the raw dataset gives."""
+    data = tmp_path / "data"
+    shutil.copytree(scenes, data)
+    for path in (data / "velodyne").glob("*.bin"):
+        points = np.fromfile(path, np.float32).reshape(-1, 4)
+        points[:, 3] /= 255.0
+        points.tofile(path)
+    args = ["calibrate", "--onnx", str(exported), "--data", str(data), "--num-samples", "1", "--holdout", "1"]
+    main(args + ["--out", str(tmp_path / "unit"), "-q"])
+    assert "--intensity-scale 255" in capsys.readouterr().err
+    main(args + ["--intensity-scale", "255", "--out", str(tmp_path / "raw"), "-q"])
+    assert "intensity" not in capsys.readouterr().err
+    rescaled = load_feed(tmp_path / "raw" / "lidar_pfe" / "000000.npz")["features"]
+    original = load_feed(calib / "lidar_pfe" / "000000.npz")["features"]
+    np.testing.assert_allclose(rescaled, original, rtol=1e-6, atol=1e-4)
+    assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["intensity_scale"] == 255.0

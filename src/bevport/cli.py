@@ -105,6 +105,8 @@ def cmd_calibrate(args) -> None:
     from bevport.quantize.calibrate import calibrate
 
     recipe = _load_recipe(args)
+    if args.intensity_scale is not None:
+        recipe = recipe.updated({"input": {"intensity_scale": args.intensity_scale}})
     with _Progress(args.quiet) as progress:
         manifest = calibrate(recipe, args.onnx, args.data, args.out, num_samples=args.num_samples,
                              holdout=args.holdout, split=args.split, on_bad_frame=args.on_bad_frame,
@@ -204,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-frame", choices=("skip", "fail"), default="skip",
                    help="skip an unreadable frame with a warning (default) or stop")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic scenes when --data is not given")
+    p.add_argument("--intensity-scale", type=float,
+                   help="multiply point intensity as read (255 for datasets converted to 0-1; default: the recipe's)")
     p.add_argument("--out", type=Path, required=True, help="calibration set folder (replaced only on success)")
     p.set_defaults(func=cmd_calibrate)
 

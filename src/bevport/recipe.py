@@ -107,6 +107,8 @@ def validate(r: Recipe) -> None:
            f"is {cam.backbone.depth}; bevport's camera backbone implements the BasicBlock ResNets 18 and 34")
     _check(len(inp.image_size) == 2 and len(inp.raw_image_size) == 2, r, "input.image_size", "must be [H, W]")
     _check(len(inp.mean) == 3 and len(inp.std) == 3, r, "input.mean/std", "must hold three values")
+    _check(inp.point_dims >= 4 and inp.intensity_scale > 0, r, "input",
+           "needs point_dims >= 4 (x, y, z, intensity) and intensity_scale > 0")
     backbone_channels = [64 * 2 ** i for i in cam.backbone.out_indices]
     _check(list(neck.in_channels) == backbone_channels, r, "model.camera.neck.in_channels",
            f"is {list(neck.in_channels)} but the ResNet stages {list(cam.backbone.out_indices)} give {backbone_channels}")

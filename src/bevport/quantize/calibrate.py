@@ -76,6 +76,8 @@ def _collect(recipe, dataset: Dataset, pipeline: Pipeline, tmp: Path, wanted: in
             warn(f"skipping frame {dataset.ids[index]}: {exc.message}")
             skipped.append({"id": dataset.ids[index], "reason": exc.message})
             continue
+        if not frames:
+            _check_intensity(recipe, inputs, warn)
         role = "calibration" if len(frames) < calibration else "holdout"
         progress(f"{role} frame {frame.id} ({len(frames) + 1}/{wanted}): {inputs.num_voxels} pillars")
         if inputs.num_dropped:
@@ -88,6 +90,20 @@ def _collect(recipe, dataset: Dataset, pipeline: Pipeline, tmp: Path, wanted: in
         frames.append({"id": frame.id, "role": role, "pillars": inputs.num_voxels,
                        "dropped_pillars": inputs.num_dropped})
     return frames, skipped
+
+
+def _check_intensity(recipe, inputs, warn: Callable) -> None:
+    """Training read raw 0-255 intensity; a dataset converted to 0-1 would silently shift every pillar feature."""
+    features = inputs.pfe[recipe.export.graphs.lidar_pfe_static.inputs[0]]
+    peak = float(features[..., 3].max())
+    scale = float(recipe.input.intensity_scale)
+    if peak <= 1.0:
+        warn(f"frame {inputs.frame_id}: intensity peaks at {peak:.3g} after scaling by {scale:g}; the checkpoint was "
+             "trained on raw 0-255 intensity. If this dataset was converted to 0-1 (velodyne/*.bin from Intel's or "
+             "DAIR's converter), pass --intensity-scale 255")
+    elif peak > 255 * 1.01:
+        warn(f"frame {inputs.frame_id}: intensity reaches {peak:.4g} after scaling by {scale:g}, above the 0-255 "
+             "range the checkpoint was trained on; check --intensity-scale")
 
 
 def _set_hash(tmp: Path, graphs) -> str:
@@ -145,6 +161,7 @@ def calibrate(recipe, onnx_dir: os.PathLike, data: Optional[os.PathLike], out: o
                         "split": split, "synthetic": synthetic, "seed": seed if synthetic else None},
             "warning": SYNTHETIC_WARNING if synthetic else None,
             "static_voxels": recipe.export.static_voxels,
+            "intensity_scale": recipe.input.intensity_scale,
             "frames": frames,
             "skipped": skipped,
             "frames_with_dropped_pillars": sum(1 for f in frames if f["dropped_pillars"]),

@@ -46,11 +46,21 @@ class FrameResult:
     outputs: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)  # graph key -> its named outputs
 
 
+def scaled_points(recipe, points: np.ndarray) -> np.ndarray:
+    """The point columns the model reads, with the recipe's intensity scale applied (a no-op at 1.0)."""
+    points = points[:, : recipe.input.point_dims]
+    scale = float(recipe.input.intensity_scale)
+    if scale != 1.0:
+        points = points.copy()
+        points[:, 3] *= np.float32(scale)
+    return points
+
+
 def prepare_frame(recipe, contract: Contract, frame: Frame, channel_order: str = "training") -> FrameInputs:
     """Read one frame and compute every graph-independent input. Raises DatasetError on an unreadable frame."""
     img = image_tensor(recipe, frame.image(), channel_order, source=str(frame.image_path))
     metas = camera_metas(recipe, frame.calib)
-    padded = voxelize_for_deploy(recipe, frame.points())
+    padded = voxelize_for_deploy(recipe, scaled_points(recipe, frame.points()))
     names = [t.name for t in contract["lidar_pfe_static"].inputs]
     pfe = dict(zip(names, (padded.features, padded.num_voxels, padded.coors)))
     valid = int(np.count_nonzero(padded.num_voxels))
