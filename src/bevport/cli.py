@@ -162,6 +162,52 @@ def _print_quantize_summary(report, out: Path) -> None:
                                    f"(report: {out / 'report.md'})")
 
 
+def _runtime_options(args):
+    from bevport.runtime.infer import DEFAULT_CACHE, RuntimeOptions, stage_precisions
+
+    only = [g for g in ("camera", "pfe", "fuser", "head") if getattr(args, f"int8_{g}")]
+    int8 = stage_precisions(args.int8, args.fp32, ["lidar_pfe" if g == "pfe" else g for g in only])
+    return RuntimeOptions(device=args.device, int8=int8, inference_precision=args.inference_precision,
+                          cache_dir=None if args.no_cache else (args.cache_dir or DEFAULT_CACHE),
+                          channel_order=args.channel_order, throughput=getattr(args, "throughput", False))
+
+
+def cmd_infer(args) -> None:
+    from bevport.runtime.infer import run_infer
+
+    recipe = _load_recipe(args)
+    with _Progress(args.quiet) as progress:
+        summary = run_infer(recipe, args.bundle, args.data, _runtime_options(args), num_samples=args.num_samples,
+                            split=args.split, pred_dir=args.pred_dir, vis_dir=args.vis_dir, video=args.video,
+                            on_bad_frame=args.on_bad_frame, progress=progress, warn=_warn)
+    if not args.quiet:
+        frame = summary["seconds"]["frame"]["median_ms"]
+        stages = ", ".join(f"{k} {v['precision']}" for k, v in summary["stages"].items())
+        Console(highlight=False).print(f"[green]ran[/] {len(summary['frames'])} frames on {summary['device']} "
+                                       f"({stages}): median {frame:.0f} ms per frame")
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True,
+                   help="folder with the graphs (`bevport quantize` output, or a release bundle)")
+    p.add_argument("--data", type=Path, help="dataset root (KITTI layout or DAIR-V2X-I); default: synthetic scenes")
+    p.add_argument("--split", help="ImageSets/<split>.txt to take frame ids from")
+    p.add_argument("--num-samples", type=int, help="frames to run (default: all; 8 synthetic without --data)")
+    p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, GPU.1, AUTO ...")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--int8", action="store_true", help="every stage INT8 (the default, as the deploy binary)")
+    precision.add_argument("--fp32", action="store_true", help="every stage FP32 (then --int8-<stage> switches one on)")
+    for stage in ("camera", "pfe", "fuser", "head"):
+        p.add_argument(f"--int8-{stage}", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--inference-precision", choices=("f32", "default"), default="f32",
+                   help="FP32 graphs at f32 (default) or at the device's default (bf16 on AMX CPUs, f16 on GPUs)")
+    p.add_argument("--channel-order", choices=("training", "deploy-binary"), default="training",
+                   help="image channel order: the checkpoint's (BGR quirk) or what Intel's split binary feeds (RGB)")
+    p.add_argument("--cache-dir", type=Path, help="OpenVINO model cache (default ~/.cache/bevport/ov)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache compiled models")
+    p.add_argument("--on-bad-frame", choices=("skip", "fail"), default="skip")
+
+
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default="v2xfusion-pp-r34", help="recipe name (recipes/<name>.yaml) or path")
     p.add_argument("--config", type=Path, help="upstream torchpack training config to overlay on the recipe")
@@ -220,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-runs", type=int, help="timed inferences per graph and precision in the report")
     p.add_argument("--out", type=Path, required=True, help="IR folder (replaced only on success)")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("infer", help="run frames through the graphs: boxes, prediction files, pictures, video")
+    _add_recipe_args(p)
+    _add_runtime_args(p)
+    p.add_argument("--pred-dir", type=Path, help="write <id>.txt predictions (lidar/ and kitti/ formats) here")
+    p.add_argument("--vis-dir", type=Path, help="write frame_<id>.png pictures here")
+    p.add_argument("--video", action="store_true", help="also write <vis-dir>/bevfusion.mp4")
+    p.set_defaults(func=cmd_infer)
     return parser
 
 

@@ -64,3 +64,63 @@ def infer(compiled, spec: GraphSpec, inputs: Dict) -> Dict:
     """One synchronous inference: named inputs in, the contract's outputs by name."""
     result = compiled.infer_new_request({t.name: inputs[t.name] for t in spec.inputs})
     return {t.name: result[compiled.output(t.name)] for t in spec.outputs}
+
+
+# Stage keys of the pipeline -> the recipe's quantize.graphs keys (the deploy binary's --int8-<stage> names).
+STAGE_OF_GRAPH = {"camera": "camera", "lidar_pfe": "lidar_pfe_static", "fuser": "fuser", "head": "head"}
+
+
+def model_folder(recipe, bundle: Path) -> Path:
+    """The folder holding the graphs: `bundle` itself, or its deploy tree (`runtime.model_dir`) in a release bundle."""
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        raise GraphError(f"{bundle}: bundle folder not found", "pass the output of `bevport quantize` or a release bundle")
+    nested = bundle / recipe.runtime.model_dir
+    return nested if nested.is_dir() else bundle
+
+
+def fp32_candidates(recipe, contract, graph: str, folder: Path):
+    """The FP32 graph of a stage: the exported ONNX (what the deploy binary loads), else its FP32 IR."""
+    onnx = folder / contract[STAGE_OF_GRAPH[graph]].file
+    return [onnx, onnx.with_suffix(".xml")]
+
+
+def resolve_graphs(recipe, contract, bundle: Path, int8: Dict[str, bool], warn) -> Dict[str, Path]:
+    """The graph file per pipeline stage for the requested precisions, with the deploy binary's one fallback:
+    a missing INT8 PFE falls back to the FP32 PFE; every other missing file is an error."""
+    folder = model_folder(recipe, bundle)
+    files = {}
+    for graph, stage in STAGE_OF_GRAPH.items():
+        fp32 = next((p for p in fp32_candidates(recipe, contract, graph, folder) if p.is_file()), None)
+        if int8.get(graph):
+            quantized = folder / f"{recipe.quantize.graphs[graph].ir}.xml"
+            if quantized.is_file():
+                files[stage] = quantized
+                continue
+            if graph != "lidar_pfe":
+                raise GraphError(f"{folder}: {quantized.name} is missing; only the PFE falls back to FP32 "
+                                 "(as in the deploy binary)",
+                                 f"produce it with `bevport quantize`, or run with --fp32 / without --int8-{graph}")
+            if fp32 is not None:
+                warn(f"{quantized.name} not in {folder}: the PFE falls back to FP32 {fp32.name}, "
+                     "as the deploy binary does")
+        if fp32 is None:
+            names = " or ".join(p.name for p in fp32_candidates(recipe, contract, graph, folder))
+            raise GraphError(f"{folder}: the FP32 {graph} graph ({names}) is missing",
+                             "copy it from the `bevport export` output (or its FP32 IR from `bevport quantize`)")
+        files[stage] = fp32
+    return files
+
+
+def check_device(core, device: str) -> None:
+    """`device` (CPU, GPU, GPU.1, AUTO, AUTO:GPU,CPU ...) names devices OpenVINO sees here."""
+    available = core.available_devices
+    wanted = device.split(":", 1)[1].split(",") if ":" in device else [device]
+    if device.startswith(("AUTO", "MULTI", "HETERO")) and ":" not in device:
+        return
+    missing = [d for d in wanted if d not in available and not any(a.startswith(d + ".") for a in available)]
+    if missing:
+        raise GraphError(f"OpenVINO does not see device {', '.join(missing)} on this host; it sees: "
+                         f"{', '.join(available) or 'none'}",
+                         "for an Intel GPU, the compute runtime (OpenCL ICD / Level Zero) must be installed and "
+                         "/dev/dri readable by this user (render group); `invoke doctor` checks both")
