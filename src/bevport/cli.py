@@ -187,6 +187,70 @@ def cmd_infer(args) -> None:
                                        f"({stages}): median {frame:.0f} ms per frame")
 
 
+def cmd_validate(args) -> None:
+    from bevport.runtime.validate import run_validate
+
+    recipe = _load_recipe(args)
+    out = args.out or Path(args.bundle) / "validate.json"
+    with _Progress(args.quiet) as progress:
+        report = run_validate(recipe, args.bundle, args.data, _runtime_options(args), out,
+                              num_samples=args.num_samples or 4, split=args.split, progress=progress, warn=_warn)
+    if not args.quiet:
+        boxes = report["boxes"]
+        worst = min((m["snr_db"] for g in report["drift"].values() for m in g.values() if m["snr_db"] is not None),
+                    default=None)
+        Console(highlight=False).print(
+            f"[green]valid[/] on {report['device']}: {len(report['compile'])} graphs compile; worst INT8 output SNR "
+            f"{'n/a' if worst is None else f'{worst:.1f} dB'}; INT8 finds {boxes['matched_fraction']:.0%} of "
+            f"{boxes['reference_boxes']} FP32 boxes -> {out}")
+
+
+def cmd_bench(args) -> None:
+    import json
+
+    from bevport.runtime.bench import run_bench
+
+    recipe = _load_recipe(args)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not precisions or any(p not in ("int8", "fp32") for p in precisions):
+        from bevport.errors import BevportError
+
+        raise BevportError(f"--precision {args.precision}: expected a comma list of int8 and fp32")
+    with _Progress(args.quiet) as progress:
+        report = run_bench(recipe, args.bundle, args.data, _runtime_options(args), precisions,
+                           frames=args.num_samples or 10, split=args.split, throughput_frames=args.throughput_frames,
+                           progress=progress, warn=_warn)
+    out = args.out or Path(args.bundle) / "bench.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.quiet:
+        _print_bench(report, out)
+
+
+def _print_bench(report, out: Path) -> None:
+    from rich.table import Table
+
+    precisions = list(report["precisions"])
+    table = Table(title=f"{report['recipe']} on {report['device']} ({report['device_name']})", box=None)
+    table.add_column("stage (ms, median / p90)")
+    for p in precisions:
+        table.add_column(p, justify="right")
+    stages = sorted({s for p in precisions for s in report["precisions"][p]["latency"]["stages"]},
+                    key=lambda s: (s == "frame", s))
+    for stage in stages:
+        cells = []
+        for p in precisions:
+            m = report["precisions"][p]["latency"]["stages"].get(stage)
+            cells.append(f"{m['median_ms']:.1f} / {m['p90_ms']:.1f}" if m else "-")
+        table.add_row(stage, *cells)
+    table.add_row("frames per second", *[f"{report['precisions'][p]['latency']['fps']:.2f}" for p in precisions])
+    table.add_row("non-model share", *[f"{report['precisions'][p]['latency']['non_model_share']:.1%}"
+                                       for p in precisions])
+    if all("throughput" in report["precisions"][p] for p in precisions):
+        table.add_row("throughput fps", *[f"{report['precisions'][p]['throughput']['fps']:.2f}" for p in precisions])
+    Console(highlight=False).print(table)
+    Console(highlight=False).print(f"peak RSS {report['peak_rss_mib']:.0f} MiB -> {out}")
+
+
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True,
                    help="folder with the graphs (`bevport quantize` output, or a release bundle)")
@@ -274,6 +338,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vis-dir", type=Path, help="write frame_<id>.png pictures here")
     p.add_argument("--video", action="store_true", help="also write <vis-dir>/bevfusion.mp4")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("validate", help="compile every IR on the device and compare FP32 with INT8 on held-out frames")
+    _add_recipe_args(p)
+    _add_runtime_args(p)
+    p.add_argument("--out", type=Path, help="validate.json path (default: <bundle>/validate.json)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("bench", help="per-stage latency and frames per second, FP32 and INT8")
+    _add_recipe_args(p)
+    _add_runtime_args(p)
+    p.add_argument("--precision", default="int8,fp32", help="comma list of int8, fp32 (default both)")
+    p.add_argument("--throughput-frames", type=int, default=0,
+                   help="also measure pipelined throughput over this many frames (AsyncInferQueue)")
+    p.add_argument("--out", type=Path, help="bench.json path (default: <bundle>/bench.json)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

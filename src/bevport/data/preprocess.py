@@ -61,13 +61,16 @@ def normalize(rgb: np.ndarray, mean, std, to_rgb: bool) -> np.ndarray:
     reversed (on PIL's RGB array that yields B,G,R).
 
     Bit-exact with OpenCV's scalar arithmetic inside mmcv: cv2.subtract rounds the float64 mean to float32 and
-    subtracts in float32, while cv2.multiply works in float64 (x * 1/std) and rounds the product to float32."""
-    x = rgb.astype(F32)
-    if to_rgb:
-        x = x[..., ::-1]
-    centred = x - np.asarray(mean, np.float64).astype(F32)
-    scaled = (centred.astype(np.float64) * (1.0 / np.asarray(std, np.float64))).astype(F32)
-    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
+    subtracts in float32, while cv2.multiply works in float64 (x * 1/std) and rounds the product to float32.
+    A uint8 input has 256 values per channel, so the arithmetic runs once per value and the image is a lookup."""
+    channels = rgb[..., ::-1] if to_rgb else rgb
+    values = np.arange(256, dtype=F32)[:, None]
+    centred = values - np.asarray(mean, np.float64).astype(F32)
+    table = (centred.astype(np.float64) * (1.0 / np.asarray(std, np.float64))).astype(F32)   # [256, 3]
+    out = np.empty((3,) + rgb.shape[:2], F32)
+    for c in range(3):
+        np.take(table[:, c], channels[..., c], out=out[c])
+    return out
 
 
 def _check_size(recipe, image: Image.Image, source: Optional[str]) -> None:

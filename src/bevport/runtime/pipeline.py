@@ -127,7 +127,11 @@ class Pipeline:
         result.seconds["camera"] = seconds
         out = {t.name: self._camera_request.get_tensor(t.name).data.copy() for t in spec.outputs}
         result.outputs["camera"] = out
-        feature, depth = (out[t.name] for t in spec.outputs)
+        return self.pool(result, out)
+
+    def pool(self, result: FrameResult, camera: Dict[str, np.ndarray]) -> np.ndarray:
+        """The camera BEV [1,C,nx,ny] from the camera graph's outputs, with the frame's cached pool table."""
+        feature, depth = (camera[t.name] for t in self.contract["camera"].outputs)
         # The feature's memory is NHWC under its declared NCHW shape (contract): view it as [fH, fW, C].
         _, c, fh, fw = feature.shape
         with self.timed("bev_pool", result):
