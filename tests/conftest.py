@@ -51,3 +51,38 @@ def exported(tmp_path_factory, recipe, synthetic_ckpt):
     out = tmp_path_factory.mktemp("export") / "onnx"
     main(["export", "--ckpt", str(synthetic_ckpt), "--out", str(out), "--quiet"])
     return out
+
+
+@pytest.fixture(scope="session")
+def contract(recipe):
+    from bevport.contract import build_contract
+
+    return build_contract(recipe)
+
+
+def _main(argv):
+    from bevport.cli import main
+
+    main(argv)
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenes") / "kitti"
+    _main(["synth-data", "--frames", "4", "--seed", "7", "--out", str(out), "-q"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def calib(exported, scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calib") / "calib"
+    _main(["calibrate", "--onnx", str(exported), "--data", str(scenes), "--num-samples", "2", "--holdout", "1",
+           "--out", str(out), "-q"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def quantized(exported, calib, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ir") / "ir"
+    _main(["quantize", "--onnx", str(exported), "--calib", str(calib), "--latency-runs", "1", "--out", str(out), "-q"])
+    return out

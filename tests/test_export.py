@@ -9,15 +9,9 @@ import pytest
 import torch
 
 from bevport.cli import main
-from bevport.contract import build_contract
 from bevport.export.parity import run_openvino, sample_inputs
 
 OV_TYPES = {"float32": ov.Type.f32, "int32": ov.Type.i32}
-
-
-@pytest.fixture(scope="module")
-def contract(recipe):
-    return build_contract(recipe)
 
 
 def test_files_and_parity(exported, contract):

@@ -9,7 +9,6 @@ import openvino as ov
 import pytest
 
 from bevport.cli import main
-from bevport.contract import build_contract
 from bevport.data.dataset import open_dataset
 from bevport.data.preprocess import image_tensor
 from bevport.geometry.voxelize import voxelize_for_deploy
@@ -18,33 +17,6 @@ from bevport.quantize.ptq import quantize
 from bevport.runtime.graphs import check_ports
 
 GRAPHS = ("camera", "lidar_pfe", "fuser", "head")
-
-
-@pytest.fixture(scope="module")
-def contract(recipe):
-    return build_contract(recipe)
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scenes") / "kitti"
-    main(["synth-data", "--frames", "4", "--seed", "7", "--out", str(out), "-q"])
-    return out
-
-
-@pytest.fixture(scope="module")
-def calib(exported, scenes, tmp_path_factory):
-    out = tmp_path_factory.mktemp("calib") / "calib"
-    main(["calibrate", "--onnx", str(exported), "--data", str(scenes), "--num-samples", "2", "--holdout", "1",
-          "--out", str(out), "-q"])
-    return out
-
-
-@pytest.fixture(scope="module")
-def quantized(exported, calib, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ir") / "ir"
-    main(["quantize", "--onnx", str(exported), "--calib", str(calib), "--latency-runs", "1", "--out", str(out), "-q"])
-    return out
 
 
 def _fail(argv, capsys) -> str:

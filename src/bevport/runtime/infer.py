@@ -169,7 +169,9 @@ def _ground_truth(frame, class_names):
     objects = [o for o in (frame.objects or []) if hasattr(o, "location") and o.type != "DontCare"]
     if not objects:
         return None, None
-    return kitti_to_lidar_boxes(objects, frame.calib), kitti_class_labels(objects, class_names)
+    # Labels carry their own (dair2kitti) rotation convention; result2kitti's is for writing predictions.
+    boxes = kitti_to_lidar_boxes(objects, frame.calib, heading="dair2kitti")
+    return boxes, kitti_class_labels(objects, class_names)
 
 
 def picture(recipe, outcome: FrameOutcome, show_gt: bool = True):

@@ -6,8 +6,9 @@ video).
 Box conventions (LiDAR frame, x forward, y left, z up):
 
 * model boxes [N,>=7] = (x, y, z_bottom, dx, dy, dz, yaw, ...): dx is the width, dy the length, dz the height; the
-  length lies along angle `yaw` and the width along yaw + pi/2. The physical heading (where the front is) is
-  yaw - pi, i.e. the front face is the one at -dy/2 along (cos yaw, sin yaw).
+  length lies along angle `yaw` and the width along yaw + pi/2. The model was trained on DAIR-V2X-I labels whose
+  rotation BEVHeight's gen_info passes through as yaw, so yaw is the physical heading: the front face is the one at
+  +dy/2 along (cos yaw, sin yaw).
 * physical boxes [N,7] = (x, y, z_center, l, w, h, heading) (synthetic scenes, KITTI labels through camera2lidar)
   become model boxes with `model_boxes_from_physical`, so that every drawing goes through one `box_corners`.
 
@@ -70,9 +71,9 @@ FRONT_FACE = (0, 1, 5, 4)
 
 def model_boxes_from_physical(boxes7) -> np.ndarray:
     """[N,7] physical LiDAR boxes (x, y, z_center, l, w, h, heading) -> model boxes (x, y, z_bottom, dx=w, dy=l,
-    dz=h, yaw=heading+pi)."""
+    dz=h, yaw=heading)."""
     b = np.asarray(boxes7, np.float64).reshape(-1, 7)
-    return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 5] / 2, b[:, 4], b[:, 3], b[:, 5], b[:, 6] + math.pi], axis=1)
+    return np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 5] / 2, b[:, 4], b[:, 3], b[:, 5], b[:, 6]], axis=1)
 
 
 def _as_boxes(boxes) -> np.ndarray:
@@ -86,9 +87,9 @@ def _as_boxes(boxes) -> np.ndarray:
 
 def box_corners(boxes) -> np.ndarray:
     """[N,8,3] LiDAR-frame corners of model boxes [N,>=7]: bottom 4 then top 4, each in the order front-left,
-    front-right, rear-right, rear-left, where the front is the physical heading yaw - pi."""
+    front-right, rear-right, rear-left, where the front is the physical heading yaw."""
     b = _as_boxes(boxes)
-    heading = b[:, 6] - math.pi
+    heading = b[:, 6]
     fwd = np.stack([np.cos(heading), np.sin(heading)], axis=1)            # [N,2]
     left = np.stack([-fwd[:, 1], fwd[:, 0]], axis=1)
     half_len, half_wid = b[:, 4:5] / 2, b[:, 3:4] / 2
@@ -105,7 +106,7 @@ def box_corners(boxes) -> np.ndarray:
 def front_midpoints(boxes) -> np.ndarray:
     """[N,2] BEV midpoint of each model box's front edge (where the heading tick ends)."""
     b = _as_boxes(boxes)
-    heading = b[:, 6] - math.pi
+    heading = b[:, 6]
     return b[:, :2] + (b[:, 4:5] / 2) * np.stack([np.cos(heading), np.sin(heading)], axis=1)
 
 
@@ -435,14 +436,16 @@ def _axes_row(image: Image.Image, x: float, mid: float, size: int, ui: float, dr
     return x - start
 
 
-def _legend(image: Image.Image, ui: float, classes: Sequence[Tuple[str, Color]], has_gt: bool,
+def _legend(image: Image.Image, ui: float, classes: Sequence[Tuple[str, Color]], has_pred: bool, has_gt: bool,
             title: Optional[str]) -> Tuple[int, int, int, int]:
     """Top-left panel: title, orientation, line styles, and the colours of the classes in this frame; returns its
     box."""
     font = max(10, int(round(13 * ui)))
     pad, line = 8 * ui, max(int(round(19 * ui)), text_size("Ag", font)[1] + 4)
     swatch = 22 * ui
-    rows = [("title", title or "bird's-eye view"), ("axes", ""), ("pred", "prediction")]
+    rows = [("title", title or "bird's-eye view"), ("axes", "")]
+    if has_pred:
+        rows.append(("pred", "prediction"))
     if has_gt:
         rows.append(("gt", "ground truth"))
     rows += [("class", name, color) for name, color in classes]
@@ -535,7 +538,7 @@ def bev_image(points, pred_boxes, pred_labels, pred_scores, gt_boxes=None, gt_la
     panels = [_scale_bar(image, geo, ui)]
     if legend:
         classes = _present_classes([labels[i] for i in keep], class_names)
-        panels.append(_legend(image, ui, classes, len(gts) > 0, title))
+        panels.append(_legend(image, ui, classes, bool(keep), len(gts) > 0, title))
     _grid_labels(image, geo, ui, panels)
     return image
 
@@ -555,21 +558,28 @@ def _rgb(image) -> Image.Image:
 
 def _visible(uv: np.ndarray, depth: np.ndarray, width: int, height: int) -> bool:
     """Every corner before the near plane, and the box's projection overlapping the image."""
-    if not np.all(np.isfinite(uv)):
+    if not np.all(depth > NEAR) or not np.all(np.isfinite(uv)):
         return False
     (u0, v0), (u1, v1) = uv.min(axis=0), uv.max(axis=0)
     return u1 >= 0 and v1 >= 0 and u0 < width and v0 < height
 
 
-def _tag(image: Image.Image, anchor: Tuple[float, float], text: str, size: int, color: Color) -> None:
-    """A class-coloured tag with dark text whose bottom-left corner sits at `anchor`, kept inside the image."""
-    x0, y0, x1, y1 = _text_box(text, size)
+def _tag_rect(image: Image.Image, anchor: Tuple[float, float], text: str, size: int):
+    """(x0, y0, x1, y1) of a tag whose bottom-left corner sits at `anchor`, kept inside the image."""
+    _, y0, x1, y1 = _text_box(text, size)
     pad = max(2, size // 6)
     w, h = x1 + 2 * pad, y1 - min(y0, 0) + 2 * pad
     x = min(max(0.0, anchor[0]), image.width - w)
     y = min(max(0.0, anchor[1] - h), image.height - h)
-    ImageDraw.Draw(image).rectangle([x, y, x + w - 1, y + h - 1], fill=color)
-    _text(image, (x + pad, y + pad - min(y0, 0)), text, size, (16, 16, 20))
+    return x, y, x + w, y + h
+
+
+def _tag(image: Image.Image, rect, text: str, size: int, color: Color) -> None:
+    """A class-coloured tag with dark text."""
+    x0, y0, x1, y1 = rect
+    pad = max(2, size // 6)
+    ImageDraw.Draw(image).rectangle([x0, y0, x1 - 1, y1 - 1], fill=color)
+    _text(image, (x0 + pad, y0 + pad - min(_text_box(text, size)[1], 0)), text, size, (16, 16, 20))
 
 
 def camera_image(image, calib, pred_boxes, pred_labels, pred_scores, gt_boxes=None, *,
@@ -617,11 +627,14 @@ def camera_image(image, calib, pred_boxes, pred_labels, pred_scores, gt_boxes=No
                 for a, b in EDGES:
                     draw.line([tuple(uv[j][a]), tuple(uv[j][b])], fill=GT_COLOR, width=thin)
 
-    if show_scores:
-        for _, i, uv_i in drawn:
+    if show_scores:                     # near boxes first; a tag that would cover an earlier one is left out
+        placed = []  # type: List[Tuple[float, float, float, float]]
+        for _, i, uv_i in reversed(drawn):
             text = f"{_class_name(labels[i], class_names)} {scores[i]:.2f}"
-            _tag(out, (float(uv_i[:, 0].min()), float(uv_i[:, 1].min())), text, font,
-                 class_color(labels[i], class_names))
+            rect = _tag_rect(out, (float(uv_i[:, 0].min()), float(uv_i[:, 1].min())), text, font)
+            if not any(rect[0] < p[2] and p[0] < rect[2] and rect[1] < p[3] and p[1] < rect[3] for p in placed):
+                placed.append(rect)
+                _tag(out, rect, text, font, class_color(labels[i], class_names))
     return out
 
 

@@ -1,0 +1,55 @@
+"""A head graph whose 12 outputs encode chosen boxes: the inverse of CenterPoint decoding, as an OpenVINO IR.
+
+It has the real head's ports (input `middle`, the contract's output names and shapes), so it drops into a bundle in
+place of `quantized_head.xml`, and whatever the rest of the pipeline computes, the decoder must return the boxes
+planted here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+PEAK_LOGIT = 4.0          # sigmoid 0.982
+BACKGROUND_LOGIT = -8.0
+
+
+def encode(recipe, contract, boxes: Sequence[Tuple[float, ...]], labels: Sequence[int]) -> Dict[str, np.ndarray]:
+    """Head outputs for boxes (x, y, z_center, dx, dy, dz, yaw) with global labels, one box per BEV cell."""
+    coder = recipe.model.head.bbox_coder
+    cell = coder.out_size_factor * coder.voxel_size[0]
+    spec = contract["head"]
+    out = {t.name: np.zeros(t.shape, np.float32) for t in spec.outputs}
+    by_role = {t.role: t.name for t in spec.outputs}
+    for name in (by_role[(t, "heatmap")] for t in range(len(recipe.model.head.tasks))):
+        out[name][:] = BACKGROUND_LOGIT
+    first_label = np.cumsum([0] + [len(t) for t in recipe.model.head.tasks])
+    for (x, y, z, dx, dy, dz, yaw), label in zip(boxes, labels):
+        task = int(np.searchsorted(first_label, label, side="right") - 1)
+        fx, fy = (x - coder.pc_range[0]) / cell, (y - coder.pc_range[1]) / cell
+        row, col = int(np.floor(fx)), int(np.floor(fy))
+        values = {"heatmap": None, "reg": (fx - row, fy - col), "height": (z,), "dim": np.log([dx, dy, dz]),
+                  "rot": (np.sin(yaw), np.cos(yaw)), "vel": (0.0, 0.0)}
+        out[by_role[(task, "heatmap")]][0, label - first_label[task], row, col] = PEAK_LOGIT
+        for attr, value in values.items():
+            if value is not None:
+                out[by_role[(task, attr)]][0, :, row, col] = value
+    return out
+
+
+def write_head_ir(contract, outputs: Dict[str, np.ndarray], path: Path) -> None:
+    """An IR: middle -> each planted tensor (+ 0 x sum(middle), so the input stays connected)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    spec = contract["head"]
+    middle = ops.parameter(list(spec.inputs[0].shape), np.float32, name=spec.inputs[0].name)
+    middle.output(0).get_tensor().set_names({spec.inputs[0].name})
+    zero = ops.multiply(ops.reduce_sum(middle, np.array([0, 1, 2, 3]), keep_dims=True), np.float32(0.0))
+    results = []
+    for t in spec.outputs:
+        node = ops.add(ops.constant(outputs[t.name]), zero)
+        node.output(0).get_tensor().set_names({t.name})
+        results.append(ops.result(node))
+    ov.save_model(ov.Model(results, [middle], "planted_head"), str(path), compress_to_fp16=False)
