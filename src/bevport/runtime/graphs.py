@@ -36,8 +36,10 @@ def check_ports(model, spec: GraphSpec, path: Path) -> None:
     """Each port carries exactly the contract's name, a compatible shape and the contract's element type."""
     for kind, ports, tensors in (("input", model.inputs, spec.inputs), ("output", model.outputs, spec.outputs)):
         if len(ports) != len(tensors):
-            raise GraphError(f"{path}: {len(ports)} {kind}s, the {spec.key} contract has {len(tensors)} "
-                             f"({', '.join(t.name for t in tensors)})")
+            found = ", ".join(port.get_any_name() if port.get_names() else "?" for port in ports)
+            raise GraphError(f"{path}: {len(ports)} {kind}s ({found}), the {spec.key} contract has {len(tensors)} "
+                             f"({', '.join(t.name for t in tensors)})",
+                             "is this file another graph, or from another recipe?")
         for port, t in zip(ports, tensors):
             names = set(port.get_names())
             if names != {t.name}:
