@@ -48,14 +48,42 @@ def quantize(c, onnx="work/onnx", calib="work/calib", out="work/ir", recipe="v2x
           pty=sys.stdout.isatty())
 
 
+def _runtime(c, command, bundle, data, device, extra):
+    data_arg = f" --data {data}" if data else ""
+    c.run(f"{PY} -m bevport {command} --bundle {bundle}{data_arg} --device {device}{extra}", pty=sys.stdout.isatty())
+
+
+@task(help={"bundle": "IR folder or release bundle", "data": "dataset (default: synthetic scenes)",
+            "device": "CPU, GPU, AUTO ...", "vis": "write pictures and a video"})
+def infer(c, bundle="work/ir", data=None, device="CPU", vis=False, preds="work/preds"):
+    """Run frames through the bundle: predictions (deploy + KITTI formats), AP when labels exist, pictures."""
+    _runtime(c, "infer", bundle, data, device, f" --pred-dir {preds}" + (" --vis-dir work/vis --video" if vis else ""))
+
+
+@task(help={"bundle": "IR folder or release bundle", "data": "dataset", "device": "OpenVINO device"})
+def validate(c, bundle="work/ir", data=None, device="CPU"):
+    """Compile every IR on the device and compare FP32 with INT8 on held-out frames -> validate.json."""
+    _runtime(c, "validate", bundle, data, device, "")
+
+
+@task(help={"bundle": "IR folder or release bundle", "data": "dataset", "device": "OpenVINO device"})
+def benchmark(c, bundle="work/ir", data=None, device="CPU"):
+    """Per-stage latency and FPS, FP32 vs INT8 -> bench.json (`invoke bench` runs the benchmark scripts)."""
+    _runtime(c, "bench", bundle, data, device, "")
+
+
 @task
 def demo(c, work="work/demo"):
-    """Everything on built-in defaults: synthetic checkpoint and scenes -> ONNX -> calibration -> INT8 IRs."""
+    """Everything on built-in defaults: synthetic checkpoint and scenes -> ONNX -> INT8 IRs -> infer, bench."""
     synth_ckpt(c, out=f"{work}/synthetic_seed0.pth")
     export(c, ckpt=f"{work}/synthetic_seed0.pth", out=f"{work}/onnx")
     synth_data(c, out=f"{work}/scenes")
     calibrate(c, onnx=f"{work}/onnx", data=f"{work}/scenes", num_samples=32, holdout=8, out=f"{work}/calib")
     quantize(c, onnx=f"{work}/onnx", calib=f"{work}/calib", out=f"{work}/ir")
+    synth_data(c, frames=8, seed=1, out=f"{work}/heldout")
+    _runtime(c, "infer", f"{work}/ir", f"{work}/heldout", "CPU",
+             f" --pred-dir {work}/preds --vis-dir {work}/vis --video")
+    _runtime(c, "bench", f"{work}/ir", f"{work}/heldout", "CPU", " --num-samples 4")
 
 
 @task(help={"slow": "run only the slow end-to-end tests", "k": "pytest -k expression"})
@@ -67,8 +95,9 @@ def test(c, slow=False, k=None):
 
 @task
 def bench(c):
-    """Export, geometry and calibrate+quantize benchmarks -> benchmarks/results/*.json."""
+    """Export, geometry, calibrate+quantize and inference benchmarks -> benchmarks/results/*.json."""
     c.run(f"{PY} benchmarks/export.py")
     c.run(f"{PY} benchmarks/pool.py")
     with c.cd("benchmarks"):
         c.run(f"{PY} quantize.py --out results/quantize.json")
+        c.run(f"{PY} infer.py --out results/infer.json")

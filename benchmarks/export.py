@@ -31,6 +31,13 @@ def run(argv):
     return seconds, round(peak_kib / 1024, 1)
 
 
+def synthetic_export(folder: Path) -> Path:
+    """Untimed setup for the other benchmarks: the synthetic checkpoint and its export in `folder`."""
+    run(["synth-ckpt", "--out", str(folder / "s.pth"), "-q"])
+    run(["export", "--ckpt", str(folder / "s.pth"), "--out", str(folder / "onnx"), "-q"])
+    return folder / "onnx"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/export.json"))

@@ -16,7 +16,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from export import run  # benchmarks/export.py: one bevport command in a fresh process -> (seconds, peak MiB)
+from export import run, synthetic_export  # benchmarks/export.py: bevport commands in fresh processes
 
 GRAPH_STAGES = ("camera", "lidar_pfe_static", "fuser", "head")
 
@@ -30,8 +30,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        run(["synth-ckpt", "--out", str(tmp / "s.pth"), "-q"])
-        run(["export", "--ckpt", str(tmp / "s.pth"), "--out", str(tmp / "onnx"), "-q"])
+        synthetic_export(tmp)
         run(["synth-data", "--frames", str(args.frames + args.holdout), "--out", str(tmp / "scenes"), "-q"])
         calib_s, calib_mib = run(["calibrate", "--onnx", str(tmp / "onnx"), "--data", str(tmp / "scenes"),
                                   "--num-samples", str(args.frames), "--holdout", str(args.holdout),
