@@ -72,6 +72,25 @@ def benchmark(c, bundle="work/ir", data=None, device="CPU"):
     _runtime(c, "bench", bundle, data, device, "")
 
 
+@task(help={"ckpt": "training checkpoint (.pth)", "data": "dataset root (default: synthetic scenes)",
+            "config": "upstream training config", "runner": "docker (default) or local", "device": "CPU or GPU",
+            "num_samples": "calibration frames", "force": "redo finished steps", "ca_bundle": "site CA for containers",
+            "allow_drift": "report FP32-vs-INT8 drift beyond the recipe's bounds instead of failing"})
+def convert(c, ckpt, data=None, config=None, recipe="v2xfusion-pp-r34", runner="docker", device="CPU",
+            num_samples=300, holdout=8, work="work/convert", dist="dist", force=False, ca_bundle=None,
+            sparsity=False, allow_drift=False):
+    """Checkpoint -> ONNX -> calibration -> INT8 IRs -> validation -> release bundle in dist/ (resumable steps)."""
+    from bevport.cli import console, run_reporting_errors
+    from bevport.convert.plan import ConvertRequest
+    from bevport.convert.run import run_convert
+
+    req = ConvertRequest(Path(ckpt), Path(work), Path(dist), recipe, Path(config) if config else None,
+                         Path(data) if data else None, device, int(num_samples), int(holdout), sparsity, allow_drift)
+    outcome = run_reporting_errors(run_convert, req, runner, force, Path(ca_bundle) if ca_bundle else None,
+                                   progress=lambda m: console.print(f"[dim]convert:[/] {m}"))
+    console.print(f"[green]converted[/] ({', '.join(f'{k} {v}' for k, v in outcome.items())}) -> {dist}")
+
+
 @task
 def demo(c, work="work/demo"):
     """Everything on built-in defaults: synthetic checkpoint and scenes -> ONNX -> INT8 IRs -> infer, bench."""

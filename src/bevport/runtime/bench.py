@@ -26,11 +26,11 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def latency_run(pipeline, dataset, frames: int, warn: Callable) -> Dict:
-    outcomes = list(iterate_frames(pipeline, dataset, 1, "skip", warn, []))
+def latency_run(pipeline, dataset, frames: int, warn: Callable, start: int = 0) -> Dict:
+    outcomes = list(iterate_frames(pipeline, dataset, 1, "skip", warn, [], start))
     for _ in range(WARMUP):
         pipeline.detect(pipeline.run(outcomes[0].result.inputs))
-    per_frame = [o.seconds for o in iterate_frames(pipeline, dataset, frames, "skip", warn, [])]
+    per_frame = [o.seconds for o in iterate_frames(pipeline, dataset, frames, "skip", warn, [], start)]
     stages = summarize_seconds(per_frame)
     frame_ms = stages["frame"]["median_ms"]
     overhead = [sum(f.get(s, 0.0) for s in NUMPY_STAGES) / f["frame"] for f in per_frame]
@@ -78,7 +78,8 @@ def _finish_ready(pipeline, done, pending, block: bool) -> None:
 
 
 def run_bench(recipe, bundle, data, options: RuntimeOptions, precisions: List[str], frames: int = 10,
-              split: Optional[str] = None, throughput_frames: int = 0, progress: Callable = lambda m: None,
+              split: Optional[str] = None, throughput_frames: int = 0, first_frame: int = 0,
+              progress: Callable = lambda m: None,
               warn: Callable = lambda m: None) -> Dict:
     core = open_core(options)
     results = {}
@@ -89,12 +90,14 @@ def run_bench(recipe, bundle, data, options: RuntimeOptions, precisions: List[st
                                          options.channel_order, False)
             progress(f"{precision}: latency over {frames} frames")
             pipeline = open_pipeline(recipe, bundle, run_options, warn, core)
-            entry = {"stages_files": pipeline.describe(), "latency": latency_run(pipeline, dataset, frames, warn)}
+            entry = {"stages_files": pipeline.describe(),
+                     "latency": latency_run(pipeline, dataset, frames, warn, first_frame)}
             if throughput_frames:
                 progress(f"{precision}: throughput over {throughput_frames} frames")
                 run_options.throughput = True
                 pipeline = open_pipeline(recipe, bundle, run_options, warn, core)
-                inputs = [o.result.inputs for o in iterate_frames(pipeline, dataset, min(frames, 4), "skip", warn, [])]
+                inputs = [o.result.inputs
+                          for o in iterate_frames(pipeline, dataset, min(frames, 4), "skip", warn, [], first_frame)]
                 entry["throughput"] = throughput_run(pipeline, inputs, throughput_frames)
             results[precision] = entry
     report = {"recipe": recipe.name, "bundle": str(bundle), "device": options.device,

@@ -119,10 +119,11 @@ class FrameOutcome:
 
 
 def iterate_frames(pipeline: RuntimePipeline, dataset: Dataset, limit: Optional[int], on_bad_frame: str,
-                   warn: Callable, skipped: List[Dict]) -> Iterator[FrameOutcome]:
-    """Read, run and decode frames in dataset order; an unreadable frame is skipped and recorded, or raised."""
+                   warn: Callable, skipped: List[Dict], start: int = 0) -> Iterator[FrameOutcome]:
+    """Read, run and decode frames in dataset order from index `start` (e.g. past the calibration frames); an
+    unreadable frame is skipped and recorded, or raised."""
     count = 0
-    for index in range(len(dataset)):
+    for index in range(start, len(dataset)):
         if limit is not None and count >= limit:
             return
         start = time.perf_counter()
@@ -174,7 +175,7 @@ def _ground_truth(frame, class_names):
     return boxes, kitti_class_labels(objects, class_names)
 
 
-def picture(recipe, outcome: FrameOutcome, show_gt: bool = True):
+def picture(recipe, outcome: FrameOutcome, show_gt: bool = True, show_latency: bool = True):
     """Camera view with projected boxes beside the BEV canvas, with a one-line HUD."""
     from bevport.runtime import vis
 
@@ -187,8 +188,8 @@ def picture(recipe, outcome: FrameOutcome, show_gt: bool = True):
     camera = vis.camera_image(frame.image(), frame.calib, det.boxes, det.labels, det.scores, gt_boxes,
                               class_names=names, score_threshold=threshold)
     shown = int(np.count_nonzero(det.scores >= threshold))
-    return vis.frame_picture(camera, bev, frame_id=frame.id, detections=shown,
-                             latency_ms=outcome.seconds["frame"] * 1e3)
+    latency = outcome.seconds["frame"] * 1e3 if show_latency else None
+    return vis.frame_picture(camera, bev, frame_id=frame.id, detections=shown, latency_ms=latency)
 
 
 def _has_kitti_labels(dataset: Dataset) -> Optional[Path]:
@@ -199,6 +200,7 @@ def _has_kitti_labels(dataset: Dataset) -> Optional[Path]:
 def run_infer(recipe, bundle: Path, data: Optional[os.PathLike], options: RuntimeOptions,
               num_samples: Optional[int] = None, split: Optional[str] = None, pred_dir: Optional[Path] = None,
               vis_dir: Optional[Path] = None, video: bool = False, on_bad_frame: str = "skip", seed: int = 0,
+              first_frame: int = 0, timing_in_pictures: bool = True,
               progress: Callable = lambda m: None, warn: Callable = lambda m: None) -> Dict:
     """Run frames, write predictions (both formats), pictures and a video; evaluate when labels exist."""
     from bevport.runtime.kitti import write_predictions
@@ -211,7 +213,7 @@ def run_infer(recipe, bundle: Path, data: Optional[os.PathLike], options: Runtim
             contextlib.ExitStack() as stack:
         writer = stack.enter_context(VideoWriter(Path(vis_dir) / "bevfusion.mp4")) if video and vis_dir else None
         ids = []
-        for outcome in iterate_frames(pipeline, dataset, num_samples, on_bad_frame, warn, skipped):
+        for outcome in iterate_frames(pipeline, dataset, num_samples, on_bad_frame, warn, skipped, first_frame):
             frame, det = outcome.frame, outcome.detections
             ids.append(frame.id)
             progress(f"frame {frame.id}: {len(det.scores)} boxes in {outcome.seconds['frame'] * 1e3:.0f} ms")
@@ -220,7 +222,7 @@ def run_infer(recipe, bundle: Path, data: Optional[os.PathLike], options: Runtim
                 write_predictions(pred_dir, frame.id, det.boxes, det.scores, det.labels, recipe.class_names,
                                   frame.calib, size)
             if vis_dir is not None:
-                image = picture(recipe, outcome)
+                image = picture(recipe, outcome, show_latency=timing_in_pictures)
                 Path(vis_dir).mkdir(parents=True, exist_ok=True)
                 image.save(Path(vis_dir) / f"frame_{frame.id}.png")
                 if writer is not None:

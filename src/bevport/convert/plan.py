@@ -1,0 +1,91 @@
+"""The steps of one conversion, and the checks that run before any of them (so that no container starts in vain)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from bevport.convert.runner import Mounts, RunnerError, render_group
+from bevport.convert.steps import Step
+
+
+@dataclass
+class ConvertRequest:
+    ckpt: Path
+    work: Path
+    dist: Path
+    recipe: str = "v2xfusion-pp-r34"
+    config: Optional[Path] = None
+    data: Optional[Path] = None
+    device: str = "CPU"
+    num_samples: int = 300
+    holdout: int = 8
+    sparsity: bool = False
+    allow_drift: bool = False     # validate reports drift beyond the recipe's bounds instead of failing
+
+
+def preflight(req: ConvertRequest) -> None:
+    """Input paths readable, GPU present if asked for: checked on the host before any step starts."""
+    for label, path, want_dir in (("checkpoint", req.ckpt, False), ("config", req.config, False),
+                                  ("dataset", req.data, True)):
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise RunnerError(f"{label} not found: {path}")
+        if want_dir != Path(path).is_dir():
+            raise RunnerError(f"{label} {path} must be a {'folder' if want_dir else 'file'}")
+        if not os.access(path, os.R_OK):
+            raise RunnerError(f"{label} {path} is not readable by this user")
+    if req.device.upper().startswith("GPU") and render_group() is None:
+        raise RunnerError("--device GPU, but /dev/dri has no render node on this host",
+                          "install the Intel GPU driver (and add yourself to the render group), or use --device CPU")
+
+
+def mounts(req: ConvertRequest) -> Mounts:
+    table = {"/in/ckpt": (req.ckpt.parent, "ro"), "/work": (req.work, "rw"), "/out": (req.dist, "rw")}
+    if req.config is not None:
+        table["/in/config"] = (_config_root(req.config), "ro")
+    if req.data is not None:
+        table["/data"] = (req.data, "ro")
+    return Mounts(table)
+
+
+def _config_root(config: Path) -> Path:
+    """The outermost `configs` folder above a torchpack config (the whole chain must be visible)."""
+    config = config.resolve()
+    roots = [p for p in config.parents if p.name == "configs"]
+    return roots[-1] if roots else config.parent
+
+
+def plan(req: ConvertRequest) -> List[Step]:
+    w = req.work
+    common = ["--recipe", req.recipe] + (["--config", req.config] if req.config else [])
+    data = ["--data", req.data] if req.data else []
+    runtime = ["--device", req.device] + data
+    onnx, calib, ir = w / "onnx", w / "calib", w / "ir"
+    heldout = ["--first-frame", str(req.num_samples + req.holdout)] if req.data else []
+    inputs = {"ckpt": req.ckpt}
+    if req.config:
+        inputs["config"] = req.config
+    steps = [
+        Step("export", "export", ["export"] + common + ["--ckpt", req.ckpt, "--out", onnx, "-q"]
+             + (["--sparsity"] if req.sparsity else []), inputs, [onnx / "export.json"],
+             {"recipe": req.recipe, "sparsity": req.sparsity}),
+        Step("calibrate", "export", ["calibrate"] + common + ["--onnx", onnx, "--num-samples", str(req.num_samples),
+                                                              "--holdout", str(req.holdout), "--out", calib, "-q"]
+             + data, dict({"onnx": onnx / "export.json"}, **({"data": req.data} if req.data else {})),
+             [calib / "manifest.json"]),
+        Step("quantize", "export", ["quantize"] + common + ["--onnx", onnx, "--calib", calib, "--out", ir, "-q"],
+             {"onnx": onnx / "export.json", "calib": calib / "manifest.json"}, [ir / "quantize.json"]),
+        Step("validate", "runtime", ["validate"] + common + ["--bundle", ir, "--out", w / "validate.json", "-q"]
+             + runtime + heldout + (["--report-only"] if req.allow_drift else []),
+             {"ir": ir / "quantize.json"}, [w / "validate.json"], {"device": req.device}),
+        Step("bench", "runtime", ["bench"] + common + ["--bundle", ir, "--num-samples", "4", "--out", w / "bench.json",
+                                                       "-q"] + runtime + heldout,
+             {"ir": ir / "quantize.json"}, [w / "bench.json"], {"device": req.device}),
+        Step("pictures", "runtime", ["infer"] + common + ["--bundle", ir, "--num-samples", "4", "--vis-dir", w / "vis",
+                                                          "--pred-dir", w / "preds", "--no-timing", "-q"]
+             + runtime + heldout, {"ir": ir / "quantize.json"}, [w / "preds" / "infer.json"], {"device": req.device}),
+    ]
+    return steps

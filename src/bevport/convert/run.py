@@ -1,0 +1,72 @@
+"""One conversion: preflight checks, the runner (Docker or local), the resumable steps, and the release bundle."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from bevport import __version__
+from bevport.convert.plan import ConvertRequest, mounts, plan, preflight
+from bevport.convert.runner import DockerRunner, LocalRunner, docker_client, image_tag
+from bevport.convert.steps import Step, run_steps
+from bevport.fsutil import atomic_write_bytes, sha256_file
+
+
+def make_runner(kind: str, req: ConvertRequest, ca_bundle: Optional[Path] = None):
+    if kind == "local":
+        return LocalRunner()
+    if kind == "docker":
+        return DockerRunner(docker_client(), mounts(req), gpu=req.device.upper().startswith("GPU"),
+                            ca_bundle=ca_bundle)
+    raise ValueError(f"runner must be docker or local, got {kind!r}")
+
+
+def environment(runner) -> Dict:
+    """What built the bundle: the runner and, for Docker, the two images' IDs and labels (base digest, interpreter,
+    lock-file hashes, git revision)."""
+    if runner.name == "local":
+        return {"runner": "local", "python": platform.python_version(), "bevport": __version__,
+                "packages": _local_versions()}
+    out = {"runner": "docker", "bevport": __version__, "images": {}}
+    for kind in ("export", "runtime"):
+        image = runner.client.images.get(image_tag(kind))
+        out["images"][kind] = {"tag": image_tag(kind), "id": image.id, "labels": image.labels or {}}
+    return out
+
+
+def _local_versions() -> Dict[str, str]:
+    versions = {}
+    for name in ("numpy", "openvino", "nncf", "onnx", "torch", "scipy", "PIL"):
+        try:
+            versions[name] = str(__import__(name).__version__)
+        except (ImportError, AttributeError):
+            continue
+    return versions
+
+
+def bundle_name(req: ConvertRequest) -> str:
+    """`<recipe>-<checkpoint sha256[:12]>`, the name `bevport bundle` gives the release."""
+    return f"{Path(req.recipe).stem}-{sha256_file(req.ckpt)[:12]}"
+
+
+def bundle_step(req: ConvertRequest, environment_file: Path) -> Step:
+    w = req.work
+    return Step("bundle", "runtime",
+                ["bundle", "--recipe", req.recipe, "--onnx", w / "onnx", "--ir", w / "ir", "--validate",
+                 w / "validate.json", "--bench", w / "bench.json", "--vis", w / "vis", "--environment",
+                 environment_file, "--dist", req.dist, "-q"],
+                {"ir": w / "ir" / "quantize.json", "validate": w / "validate.json", "environment": environment_file},
+                [req.dist / f"{bundle_name(req)}.tar.gz"])
+
+
+def run_convert(req: ConvertRequest, runner_kind: str = "docker", force: bool = False,
+                ca_bundle: Optional[Path] = None, progress: Callable[[str], None] = lambda m: None) -> Dict:
+    preflight(req)
+    runner = make_runner(runner_kind, req, ca_bundle)
+    req.work.mkdir(parents=True, exist_ok=True)
+    req.dist.mkdir(parents=True, exist_ok=True)
+    env_file = req.work / "environment.json"
+    atomic_write_bytes(env_file, (json.dumps(environment(runner), indent=2, sort_keys=True) + "\n").encode())
+    steps = plan(req) + [bundle_step(req, env_file)]
+    return run_steps(steps, req.work, runner, force=force, progress=progress)

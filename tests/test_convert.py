@@ -1,0 +1,182 @@
+"""invoke convert's machinery: container arguments, resumable steps, preflight checks, engine errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bevport.convert import runner as runner_module
+from bevport.convert.plan import ConvertRequest, mounts, plan, preflight
+from bevport.convert.runner import DockerRunner, Mounts, RunnerError, docker_client, image_tag
+from bevport.convert.steps import Step, StepFailed, run_steps
+
+
+@pytest.fixture
+def request_paths(tmp_path):
+    ckpt = tmp_path / "ckpts" / "dense_epoch_100_.pth"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")
+    data = tmp_path / "dair-v2x-i-kitti"
+    data.mkdir()
+    return ConvertRequest(ckpt, tmp_path / "work", tmp_path / "dist", data=data, num_samples=32, holdout=4)
+
+
+def _step(req, name):
+    return next(s for s in plan(req) if s.name == name)
+
+
+def test_container_arguments_mount_inputs_read_only_and_run_as_the_user(request_paths, tmp_path):
+    req = request_paths
+    ca = tmp_path / "site-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    docker = DockerRunner(client=None, mounts=mounts(req), ca_bundle=ca, user="1234:5678")
+    kwargs = docker.run_kwargs(_step(req, "calibrate"))
+    assert kwargs["image"] == image_tag("export") and kwargs["user"] == "1234:5678" and kwargs["detach"]
+    volumes = kwargs["volumes"]
+    assert volumes[str(req.ckpt.parent.resolve())] == {"bind": "/in/ckpt", "mode": "ro"}
+    assert volumes[str(req.data.resolve())] == {"bind": "/data", "mode": "ro"}
+    assert volumes[str(req.work.resolve())] == {"bind": "/work", "mode": "rw"}
+    assert volumes[str(req.dist.resolve())] == {"bind": "/out", "mode": "rw"}
+    assert volumes[str(ca.resolve())] == {"bind": runner_module.CA_PATH, "mode": "ro"}
+    assert kwargs["environment"]["SSL_CERT_FILE"] == runner_module.CA_PATH
+    assert kwargs["environment"]["PIP_CERT"] == runner_module.CA_PATH
+    command = kwargs["command"]
+    assert command[:2] == ["bevport", "calibrate"]
+    assert command[command.index("--onnx") + 1] == "/work/onnx" and command[command.index("--data") + 1] == "/data"
+    assert command[command.index("--out") + 1] == "/work/calib"
+    assert "devices" not in kwargs and "group_add" not in kwargs
+    export = docker.run_kwargs(_step(req, "export"))["command"]
+    assert export[export.index("--ckpt") + 1] == "/in/ckpt/dense_epoch_100_.pth"
+
+
+def test_gpu_runs_get_dev_dri_and_the_render_group(request_paths, monkeypatch):
+    req = request_paths
+    req.device = "GPU"
+    monkeypatch.setattr(runner_module, "render_group", lambda dri=None: 109)
+    kwargs = DockerRunner(None, mounts(req), gpu=True).run_kwargs(_step(req, "validate"))
+    assert kwargs["image"] == image_tag("runtime")
+    assert kwargs["devices"] == ["/dev/dri:/dev/dri"] and kwargs["group_add"] == ["109"]
+    assert kwargs["command"][kwargs["command"].index("--device") + 1] == "GPU"
+    monkeypatch.setattr(runner_module, "render_group", lambda dri=None: None)
+    with pytest.raises(RunnerError, match="no render node"):
+        DockerRunner(None, mounts(req), gpu=True).run_kwargs(_step(req, "validate"))
+
+
+def test_validation_and_pictures_use_frames_after_the_calibration_frames(request_paths):
+    for name in ("validate", "bench", "pictures"):
+        argv = [str(a) for a in _step(request_paths, name).argv]
+        assert argv[argv.index("--first-frame") + 1] == "36"
+
+
+def test_paths_outside_the_mounts_are_refused(tmp_path):
+    table = Mounts({"/work": (tmp_path / "work", "rw")})
+    assert table.translate(tmp_path / "work" / "a" / "b.json") == "/work/a/b.json"
+    with pytest.raises(RunnerError, match="outside the folders mounted"):
+        table.translate(tmp_path / "elsewhere.pth")
+
+
+class RecordingRunner:
+    """Runs steps by creating their outputs; counts runs; fails a named step."""
+    name = "fake"
+
+    def __init__(self, fail: str = ""):
+        self.ran = []
+        self.fail = fail
+
+    def image_id(self, kind):
+        return f"sha256:{kind}"
+
+    def run(self, step, log):
+        self.ran.append(step.name)
+        log.write_text("".join(f"line {i}\n" for i in range(40)) + f"{step.name} exploded\n")
+        if step.name == self.fail:
+            return 3
+        for out in step.outputs:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(step.name)
+        return 0
+
+
+def _chain(tmp_path):
+    src = tmp_path / "input.txt"
+    src.write_text("v1")
+    a, b = tmp_path / "w" / "a.out", tmp_path / "w" / "b.out"
+    return src, [Step("a", "export", ["x", src], {"src": src}, [a]),
+                 Step("b", "runtime", ["y", a], {"a": a}, [b], {"device": "CPU"})]
+
+
+def test_finished_steps_are_skipped_until_an_input_changes(tmp_path):
+    src, steps = _chain(tmp_path)
+    work = tmp_path / "w"
+    runner = RecordingRunner()
+    assert run_steps(steps, work, runner) == {"a": "ran", "b": "ran"}
+    assert run_steps(steps, work, runner) == {"a": "skipped", "b": "skipped"}
+    state = json.loads((work / "a.step.json").read_text())
+    assert state["image"] == "sha256:export" and set(state["inputs"]) == {"src"}
+    src.write_text("v2")                                   # a's input changed: a reruns; b's input (a.out) did not
+    assert run_steps(steps, work, runner) == {"a": "ran", "b": "skipped"}
+    steps[1].settings["device"] = "GPU"                    # a changed setting reruns the step
+    assert run_steps(steps, work, runner)["b"] == "ran"
+    (work / "b.out").unlink()                              # a missing output reruns the step
+    assert run_steps(steps, work, runner)["b"] == "ran"
+    assert run_steps(steps, work, runner, force=True) == {"a": "ran", "b": "ran"}
+
+
+def test_a_failing_step_names_itself_shows_its_log_tail_and_records_nothing(tmp_path):
+    src, steps = _chain(tmp_path)
+    work = tmp_path / "w"
+    with pytest.raises(StepFailed) as exc:
+        run_steps(steps, work, RecordingRunner(fail="b"))
+    assert "step `b` failed (exit 3)" in exc.value.message and "b exploded" in exc.value.message
+    assert "line 10" not in exc.value.message                      # only the last lines
+    assert (work / "a.step.json").is_file() and not (work / "b.step.json").exists()
+    runner = RecordingRunner()
+    assert run_steps(steps, work, runner) == {"a": "skipped", "b": "ran"}
+
+
+def test_preflight_checks_paths_and_gpu_before_anything_runs(request_paths, monkeypatch):
+    req = request_paths
+    preflight(req)
+    missing = ConvertRequest(req.ckpt.with_name("nope.pth"), req.work, req.dist)
+    with pytest.raises(RunnerError, match="checkpoint not found: .*nope.pth"):
+        preflight(missing)
+    with pytest.raises(RunnerError, match="dataset .* must be a folder"):
+        preflight(ConvertRequest(req.ckpt, req.work, req.dist, data=req.ckpt))
+    monkeypatch.setattr("bevport.convert.plan.render_group", lambda dri=None: None)
+    with pytest.raises(RunnerError, match="--device GPU, but /dev/dri has no render node"):
+        preflight(ConvertRequest(req.ckpt, req.work, req.dist, device="GPU"))
+    assert not req.work.exists() and not req.dist.exists()
+
+
+def test_no_docker_engine_says_how_to_start_one(monkeypatch):
+    pytest.importorskip("docker")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(RunnerError, match="no Docker engine reachable") as exc:
+        docker_client()
+    assert "--runner local" in exc.value.hint
+
+
+def test_convert_task_reports_a_missing_checkpoint_without_writing(tmp_path, capsys):
+    from bevport.convert.run import run_convert
+
+    req = ConvertRequest(tmp_path / "missing.pth", tmp_path / "work", tmp_path / "dist")
+    with pytest.raises(RunnerError):
+        run_convert(req, "local")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "dist").exists()
+
+
+def test_runner_names_the_missing_image(request_paths):
+    docker = pytest.importorskip("docker")
+
+    class Images:
+        def get(self, tag):
+            raise docker.errors.ImageNotFound(tag)
+
+    class Client:
+        images = Images()
+
+    with pytest.raises(RunnerError, match=r"bevport-export:.* is not on this host") as exc:
+        DockerRunner(Client(), mounts(request_paths)).image_id("export")
+    assert "images.build" in exc.value.hint
+    assert Path(request_paths.ckpt).is_file()
