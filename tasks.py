@@ -120,3 +120,107 @@ def bench(c):
     with c.cd("benchmarks"):
         c.run(f"{PY} quantize.py --out results/quantize.json")
         c.run(f"{PY} infer.py --out results/infer.json")
+
+
+# --------------------------------------------------------------------------------------------- images.* and doctor
+
+def _client():
+    from bevport.cli import run_reporting_errors
+    from bevport.convert.runner import docker_client
+
+    return run_reporting_errors(docker_client)
+
+
+def _say(message: str) -> None:
+    from bevport.cli import console
+
+    console.print(message, highlight=False)
+
+
+@task(help={"mirror": "Debian mirror", "suites": "comma list of Debian suites to bootstrap"})
+def images_base(c, mirror="http://deb.debian.org/debian", suites="bullseye,bookworm", workdir="work/rootfs"):
+    """Base images without a registry: debootstrap Debian and `docker import` it as bevport-base:<suite> (root)."""
+    from bevport.cli import run_reporting_errors
+    from bevport.convert.images import bootstrap_base
+
+    client = _client()
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    for suite in suites.split(","):
+        image = run_reporting_errors(bootstrap_base, client, suite, mirror, f"bevport-base:{suite}", Path(workdir),
+                                     ["ca-certificates"], progress=_say)
+        _say(f"[green]base[/] bevport-base:{suite} {image}")
+
+
+@task(help={"kind": "export, runtime or both", "ca_bundle": "site CA bundle to trust inside the build",
+            "base_from": "registry (digest-pinned defaults) or debian-mirror (bevport-base:* from images.base)",
+            "gpu_runtime": "debian or intel (runtime image)"})
+def images_build(c, kind="both", ca_bundle=None, base_from="registry", export_base=None, runtime_base=None,
+                 gpu_runtime="debian"):
+    """Build the export and/or runtime image with the Docker SDK (streamed log)."""
+    from bevport.cli import run_reporting_errors
+    from bevport.convert.images import build_image
+
+    mirror = base_from == "debian-mirror"
+    bases = {"export": export_base or ("bevport-base:bullseye" if mirror else None),
+             "runtime": runtime_base or ("bevport-base:bookworm" if mirror else None)}
+    client = _client()
+    for name in (("export", "runtime") if kind == "both" else (kind,)):
+        image = run_reporting_errors(build_image, client, name, bases[name], Path(ca_bundle) if ca_bundle else None,
+                                     progress=lambda line: print(line, flush=True),
+                                     extra_args={"GPU_RUNTIME": gpu_runtime} if name == "runtime" else None)
+        _say(f"[green]built[/] {name}: {image}")
+
+
+@task
+def images_lock(c):
+    """Regenerate docker/requirements/*.txt with hashes from the .in files (uv pip compile, per target Python)."""
+    targets = {"export": "3.8", "export-sources": "3.8", "runtime": "3.11"}
+    for name, python in targets.items():
+        extra = " --no-deps" if name.endswith("sources") else ""
+        c.run(f"uv pip compile docker/requirements/{name}.in --python-version {python} "
+              f"--python-platform x86_64-manylinux_2_31 --generate-hashes --no-header{extra} "
+              f"-o docker/requirements/{name}.txt")
+
+
+@task(help={"out": "folder for the tarballs, SHA256SUMS and images.json"})
+def images_save(c, out="dist/images"):
+    """Save both images as tarballs with SHA256SUMS and load instructions (for air-gapped hosts)."""
+    from bevport.cli import run_reporting_errors
+    from bevport.convert.images import save_images
+
+    result = run_reporting_errors(save_images, _client(), Path(out), progress=_say)
+    _say(f"[green]saved[/] {len(result['images'])} images to {out}")
+
+
+@task(help={"folder": "a folder written by images.save"})
+def images_load(c, folder="dist/images"):
+    """Load saved images after checking every tarball's checksum and, after loading, every image ID."""
+    from bevport.cli import run_reporting_errors
+    from bevport.convert.images import load_images
+
+    records = run_reporting_errors(load_images, _client(), Path(folder), progress=_say)
+    _say(f"[green]loaded[/] {', '.join(r['tag'] for r in records)}")
+
+
+@task
+def doctor(c, device="GPU"):
+    """Check Docker, the images and their revision, /dev/dri and the render group, devices inside the runtime image."""
+    from bevport.convert.doctor import diagnose
+
+    ok = True
+    for check in diagnose(device):
+        ok &= check.ok
+        mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]"
+        _say(f"{mark} {check.name}: {check.detail}" + ("" if check.ok or not check.fix else f"\n      fix: {check.fix}"))
+    if not ok:
+        raise SystemExit(1)
+
+
+from invoke import Collection  # noqa: E402  (the namespace is built from the tasks above)
+
+images = Collection("images")
+for _name, _task in (("base", images_base), ("build", images_build), ("lock", images_lock), ("save", images_save),
+                     ("load", images_load)):
+    images.add_task(_task, name=_name)
+ns = Collection(synth_ckpt, export, synth_data, calibrate, quantize, infer, validate, benchmark, convert, demo, test,
+                bench, doctor, images)

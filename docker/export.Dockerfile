@@ -1,19 +1,43 @@
-# syntax=docker/dockerfile:1
-# bevport export image: checkpoint -> ONNX -> INT8 IR. CPU only, non-root.
-# BASE must provide python3 >= 3.8 with pip; users get python:3.8 (pin it by digest), a registry-free host can pass
-# a Debian bullseye image bootstrapped locally (python3 3.9).
-ARG BASE=python:3.8-slim-bullseye
-FROM ${BASE}
-ARG TORCH_VERSION=1.11.0
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-RUN python3 -m pip install --upgrade pip \
- && python3 -m pip install --index-url ${TORCH_INDEX} torch==${TORCH_VERSION}
-COPY pyproject.toml README.md /src/
-COPY src /src/src
-COPY recipes /src/recipes
-RUN python3 -m pip install "/src[export]" \
- && useradd --create-home --uid 1000 bevport
+# bevport export image: checkpoint -> ONNX -> calibration -> INT8 IR. CPU only, runs as a non-root user.
+# Built by `invoke images.build` through the Docker SDK (classic builder: no BuildKit-only syntax).
+#
+# BASE_IMAGE is pinned by digest for users (python:3.8, the upstream environment). Where no registry is reachable,
+# `invoke images.base` bootstraps Debian bullseye and CI builds from it: Debian's python3 there is 3.9, and the
+# image label io.bevport.python records which interpreter an image got.
+# The digest is the one public projects pin for python:3.8-slim-bullseye (Python 3.8 images stopped updating in
+# 2024); check it with `docker buildx imagetools inspect python:3.8-slim-bullseye` before relying on it.
+ARG BASE_IMAGE=python:3.8-slim-bullseye@sha256:e191a71397fd61fbddb6712cd43ef9a2c17df0b5e7ba67607128554cd6bff267
+
+FROM ${BASE_IMAGE} AS base
+ARG SOURCE_DATE_EPOCH=0
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+COPY ca/site-ca.crt /usr/local/share/ca-certificates/bevport-site-ca.crt
+COPY docker/setup-python.sh /usr/local/bin/setup-python.sh
+RUN setup-python.sh
+ENV PATH=/opt/venv/bin:$PATH
+
+# mmcv-full 1.4.0 ships only sources: its CPU ops compile here once (about 11 minutes on 2 cores) and the layer
+# stays cached as long as this stage's inputs do not change; the final stage installs the wheel.
+FROM base AS wheels
+COPY docker/setup-python.sh /usr/local/bin/setup-python.sh
+RUN setup-python.sh build-essential python3-dev
+COPY docker/requirements/export.txt /tmp/export.txt
+RUN pip install --require-hashes --no-deps -r /tmp/export.txt
+COPY docker/requirements/export-sources.txt /tmp/export-sources.txt
+RUN MMCV_WITH_OPS=1 pip wheel --require-hashes --no-deps --no-build-isolation -w /wheels -r /tmp/export-sources.txt
+
+FROM base
+COPY docker/requirements/export.txt /tmp/export.txt
+RUN pip install --require-hashes --no-deps -r /tmp/export.txt
+COPY --from=wheels /wheels /wheels
+RUN pip install --no-deps --no-index /wheels/*.whl && rm -rf /wheels
+COPY src-tree /src
+RUN rm -f /src/src/bevport/recipes && cp -r /src/recipes /src/src/bevport/recipes \
+ && pip install --no-deps --no-build-isolation /src && rm -rf /src
+ARG GIT_REVISION=unknown
+ARG LOCK_SHA256=none
+LABEL io.bevport.image=export io.bevport.lock-sha256=${LOCK_SHA256} org.opencontainers.image.revision=${GIT_REVISION}
 USER bevport
 WORKDIR /work
-ENTRYPOINT ["bevport"]
+CMD ["bevport", "--help"]

@@ -256,6 +256,34 @@ def _print_bench(report, out: Path) -> None:
     Console(highlight=False).print(f"peak RSS {report['peak_rss_mib']:.0f} MiB -> {out}")
 
 
+def cmd_bundle(args) -> None:
+    import os
+
+    from bevport.bundle import archive_path, build_bundle, load_environment
+    from bevport.fsutil import sha256_file
+
+    recipe = _load_recipe(args)
+    environment = load_environment(args.environment) if args.environment else None
+    with _Progress(args.quiet) as progress:
+        bundle = build_bundle(recipe, args.onnx, args.ir, args.dist, validate=args.validate, bench=args.bench,
+                              vis_dir=args.vis, environment=environment, ap=args.ap, calib_dir=args.calib,
+                              mtime=args.source_date_epoch, progress=progress, warn=_warn)
+    if not args.quiet:
+        archive = archive_path(bundle)
+        out = Console(highlight=False, soft_wrap=True)
+        out.print(f"bundle  {os.fspath(bundle)}")
+        out.print(f"archive {os.fspath(archive)}")
+        out.print(f"sha256  {sha256_file(archive)}")
+
+
+def cmd_verify(args) -> None:
+    from bevport.bundle import verify_bundle
+
+    report = verify_bundle(args.path)
+    if not args.quiet:
+        Console(highlight=False, soft_wrap=True).print(f"ok: {report['files']} files verified ({report['name']})")
+
+
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True,
                    help="folder with the graphs (`bevport quantize` output, or a release bundle)")
@@ -363,6 +391,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure pipelined throughput over this many frames (AsyncInferQueue)")
     p.add_argument("--out", type=Path, help="bench.json path (default: <bundle>/bench.json)")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("bundle", help="release bundle: deploy tree + reports + manifest, and a deterministic .tar.gz")
+    _add_recipe_args(p)
+    p.add_argument("--onnx", type=Path, required=True, help="the `bevport export` folder")
+    p.add_argument("--ir", type=Path, required=True, help="the `bevport quantize` folder made from it")
+    p.add_argument("--calib", type=Path,
+                   help="the calibration folder quantize used (checks the ONNX -> INT8 link; default: the one "
+                        "quantize.json names, when it still exists)")
+    p.add_argument("--validate", type=Path, help="validate.json of `bevport validate`")
+    p.add_argument("--bench", type=Path, help="bench.json of `bevport bench`")
+    p.add_argument("--ap", type=Path, help="ap.json of `bevport infer --pred-dir` on a labelled dataset")
+    p.add_argument("--vis", type=Path, help="pictures of `bevport infer --vis-dir ... --no-timing` to bundle")
+    p.add_argument("--environment", type=Path,
+                   help="JSON file stored as the manifest's `environment` (image IDs, base digests, package versions)")
+    p.add_argument("--source-date-epoch", type=int,
+                   help="mtime of every archive entry (default: $SOURCE_DATE_EPOCH, else 0)")
+    p.add_argument("--dist", type=Path, required=True, help="folder receiving <recipe>-<checkpoint sha256[:12]>/")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("verify", help="re-hash every file of a release bundle (folder or .tar.gz) against its manifest")
+    p.add_argument("path", type=Path, help="dist/<name> or dist/<name>.tar.gz")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

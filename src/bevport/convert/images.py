@@ -1,0 +1,231 @@
+"""The two images: base images from a Debian mirror, builds through the Docker SDK, and air-gapped save/load.
+
+* `bootstrap_base` makes a base image without any registry: debootstrap a minimal Debian into a folder, pack it
+  as a tar with sorted entries and fixed times, and `docker import` it.
+* `build_image` sends a build context made here (Dockerfile, lock files, the bevport source, the site CA if any),
+  so the build sees exactly those files, with SOURCE_DATE_EPOCH from the last commit and labels naming the git
+  revision, the base and the lock files' hashes.
+* `save_images` writes each image as a tarball plus SHA256SUMS and images.json (tag -> image ID); `load_images`
+  refuses a tarball whose checksum, or whose loaded image ID, differs from what was recorded.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from bevport.convert.runner import IMAGES, RunnerError, image_tag
+from bevport.fsutil import atomic_write_bytes, sha256_file
+
+ROOT = Path(__file__).resolve().parents[3]
+DOCKER_DIR = ROOT / "docker"
+CA_IN_CONTEXT = "ca/site-ca.crt"
+
+
+def git_revision(root: Path = ROOT) -> Dict[str, str]:
+    """The checkout's commit, its time (SOURCE_DATE_EPOCH) and whether the tree has uncommitted changes."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root)] + list(args), capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    epoch = git("log", "-1", "--pretty=%ct") or "0"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"commit": commit, "source_date_epoch": epoch, "dirty": str(dirty).lower()}
+
+
+def _tar_add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), mtime, mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _source_files(root: Path) -> List[Path]:
+    """What an image needs of the checkout: the package, its metadata and the recipes (tracked files only)."""
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "pyproject.toml", "README.md", "src", "recipes"],
+                            capture_output=True, text=True).stdout.split()
+    return sorted(root / name for name in listed if (root / name).is_file() and not (root / name).is_symlink())
+
+
+def build_context(kind: str, ca_bundle: Optional[Path], mtime: int, root: Path = ROOT) -> bytes:
+    """A tar build context: docker/<kind>.Dockerfile as Dockerfile, docker/ helpers and lock files, the source."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _tar_add_bytes(tar, "Dockerfile", (root / "docker" / f"{kind}.Dockerfile").read_bytes(), mtime)
+        for path in sorted((root / "docker").rglob("*")):
+            if path.is_file() and not path.name.endswith(".Dockerfile"):
+                _tar_add_bytes(tar, f"docker/{path.relative_to(root / 'docker')}", path.read_bytes(), mtime,
+                               0o755 if os.access(path, os.X_OK) else 0o644)
+        for path in _source_files(root):
+            _tar_add_bytes(tar, f"src-tree/{path.relative_to(root)}", path.read_bytes(), mtime)
+        ca = Path(ca_bundle).read_bytes() if ca_bundle else b""
+        _tar_add_bytes(tar, CA_IN_CONTEXT, ca, mtime)          # empty file: no site CA
+    return buffer.getvalue()
+
+
+def lock_hash(kind: str, root: Path = ROOT) -> str:
+    path = root / "docker" / "requirements" / f"{kind}.txt"
+    return sha256_file(path) if path.is_file() else "none"
+
+
+def build_args(kind: str, base: Optional[str], revision: Dict[str, str]) -> Dict[str, Optional[str]]:
+    return {"BASE_IMAGE": base, "SOURCE_DATE_EPOCH": revision["source_date_epoch"],
+            "GIT_REVISION": revision["commit"], "LOCK_SHA256": lock_hash(kind)}
+
+
+def labels(kind: str, base: str, revision: Dict[str, str]) -> Dict[str, str]:
+    return {"org.opencontainers.image.title": IMAGES[kind],
+            "org.opencontainers.image.revision": revision["commit"],
+            "org.opencontainers.image.base.name": base,
+            "io.bevport.tree-dirty": revision["dirty"],
+            f"io.bevport.lock.{kind}.sha256": lock_hash(kind)}
+
+
+def build_image(client, kind: str, base: Optional[str], ca_bundle: Optional[Path] = None,
+                progress: Callable[[str], None] = lambda m: None, extra_args: Optional[Dict[str, str]] = None) -> str:
+    """Build bevport-<kind>:<version> from `base` (None: the Dockerfile's digest-pinned default); streams the build
+    log to `progress`; returns the image ID."""
+    revision = git_revision()
+    context = build_context(kind, ca_bundle, int(revision["source_date_epoch"]))
+    args = build_args(kind, base, revision)
+    args.update(extra_args or {})
+    stream = client.api.build(fileobj=io.BytesIO(context), custom_context=True, tag=image_tag(kind),
+                              buildargs={k: v for k, v in args.items() if v is not None},
+                              labels=labels(kind, base or "dockerfile default", revision), rm=True, decode=True)
+    image_id = None
+    for chunk in stream:
+        if "error" in chunk:
+            raise RunnerError(f"building {image_tag(kind)} failed: {chunk['error'].strip()}",
+                              "see the lines above; behind a TLS-intercepting proxy pass --ca-bundle FILE")
+        if chunk.get("stream", "").strip():
+            progress(chunk["stream"].rstrip())
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+    return image_id or client.images.get(image_tag(kind)).id
+
+
+def bootstrap_base(client, suite: str, mirror: str, tag: str, workdir: Path, packages: List[str],
+                   progress: Callable[[str], None] = lambda m: None) -> str:
+    """debootstrap a minimal Debian `suite` and import it as image `tag` (needs root and the debootstrap tool)."""
+    rootfs = Path(workdir) / f"rootfs-{suite}"
+    if not (rootfs / "etc" / "debian_version").is_file():
+        progress(f"debootstrap {suite} from {mirror}")
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(rootfs), mirror]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RunnerError(f"debootstrap {suite} failed: {done.stderr.strip().splitlines()[-1:]}",
+                              "it needs root, the debootstrap package and a reachable Debian mirror (--mirror)")
+    progress(f"importing {rootfs} as {tag}")
+    data = _rootfs_tar(rootfs)
+    repository, _, version = tag.partition(":")
+    client.api.import_image_from_data(data, repository=repository, tag=version or "latest",
+                                      changes=['ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+                                               'CMD ["/bin/bash"]'])
+    return client.images.get(tag).id
+
+
+def _rootfs_tar(rootfs: Path) -> bytes:
+    """The root filesystem as a tar with sorted entries and clamped times, so the same tree imports identically."""
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in [rootfs] + sorted(rootfs.rglob("*")):
+            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(rootfs)) or ".")
+            info.mtime = min(int(info.mtime), epoch) if epoch else int(info.mtime)
+            if info.isfile():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+
+def save_images(client, out: Path, kinds=("export", "runtime"),
+                progress: Callable[[str], None] = lambda m: None) -> Dict:
+    """<out>/<image>.tar per image, SHA256SUMS, images.json (tag, ID, file) and LOAD.md."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records, sums = [], []
+    for kind in kinds:
+        image = client.images.get(image_tag(kind))
+        name = f"{IMAGES[kind]}-{image_tag(kind).split(':')[1]}.tar"
+        progress(f"saving {image_tag(kind)} -> {out / name}")
+        digest = hashlib.sha256()
+        tmp = out / f".{name}.part"
+        with open(tmp, "wb") as f:
+            for chunk in image.save(named=True):
+                f.write(chunk)
+                digest.update(chunk)
+        os.replace(tmp, out / name)
+        records.append({"tag": image_tag(kind), "id": image.id, "file": name, "sha256": digest.hexdigest()})
+        sums.append(f"{digest.hexdigest()}  {name}\n")
+    atomic_write_bytes(out / "SHA256SUMS", "".join(sums).encode())
+    atomic_write_bytes(out / "images.json", (json.dumps({"images": records}, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "LOAD.md", _load_instructions(records).encode())
+    return {"images": records}
+
+
+def _load_instructions(records: List[Dict]) -> str:
+    lines = ["# Loading the bevport images on a host without a registry", "",
+             "With this checkout: `invoke images.load <this folder>` (checks SHA256SUMS and the image IDs).", "",
+             "By hand:", "", "```", "sha256sum -c SHA256SUMS"]
+    lines += [f"docker load -i {r['file']}" for r in records]
+    lines += ["docker image inspect --format '{{.Id}}' " + " ".join(r["tag"] for r in records), "```", "",
+              "The IDs must be:", ""] + [f"- `{r['tag']}`: `{r['id']}`" for r in records]
+    return "\n".join(lines) + "\n"
+
+
+def load_images(client, folder: Path, progress: Callable[[str], None] = lambda m: None) -> List[Dict]:
+    """Verify every tarball against SHA256SUMS, load it, and check the loaded image ID against images.json."""
+    folder = Path(folder)
+    index = folder / "images.json"
+    if not index.is_file():
+        raise RunnerError(f"{folder}: no images.json; this is not an `invoke images.save` folder")
+    records = json.loads(index.read_text())["images"]
+    sums = _read_sums(folder / "SHA256SUMS")
+    for record in records:
+        path = folder / record["file"]
+        actual = sha256_file(path) if path.is_file() else None
+        expected = sums.get(record["file"])
+        if actual is None or actual != expected or actual != record["sha256"]:
+            raise RunnerError(f"{path}: checksum {'missing file' if actual is None else actual} does not match "
+                              f"SHA256SUMS ({expected})", "the tarball is damaged or was replaced: copy it again")
+    for record in records:
+        progress(f"loading {record['file']}")
+        with open(folder / record["file"], "rb") as f:
+            loaded = client.images.load(f.read())
+        ids = {image.id for image in loaded}
+        if record["id"] not in ids:
+            raise RunnerError(f"{record['file']} loaded as {sorted(ids)}, not the recorded image {record['id']}",
+                              "the tarball does not hold the image images.json names; save it again")
+    return records
+
+
+def _read_sums(path: Path) -> Dict[str, str]:
+    if not path.is_file():
+        raise RunnerError(f"{path} is missing", "copy the whole folder `invoke images.save` wrote")
+    sums = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(None, 1)
+            sums[name.strip().lstrip("*")] = digest
+    return sums
+
+
+def revision_check(client, kind: str) -> Optional[str]:
+    """A warning when the image was built from another revision than this checkout (None when it matches)."""
+    image = client.images.get(image_tag(kind))
+    built = (image.labels or {}).get("org.opencontainers.image.revision", "unknown")
+    current = git_revision()["commit"]
+    if built != current:
+        return (f"{image_tag(kind)} was built from revision {built[:12]}, this checkout is {current[:12]}: "
+                "rebuild with `invoke images.build`")
+    return None
