@@ -47,7 +47,9 @@ def _local_versions() -> Dict[str, str]:
 
 def bundle_name(req: ConvertRequest) -> str:
     """`<recipe>-<checkpoint sha256[:12]>`, the name `bevport bundle` gives the release."""
-    return f"{Path(req.recipe).stem}-{sha256_file(req.ckpt)[:12]}"
+    from bevport.recipe import load_recipe
+
+    return f"{load_recipe(req.recipe, req.config).name}-{sha256_file(req.ckpt)[:12]}"
 
 
 def bundle_step(req: ConvertRequest, environment_file: Path) -> Step:

@@ -137,6 +137,7 @@ def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.Path
         summary = {
             "bevport_version": __version__,
             "recipe": recipe.name,
+            "onnx": {"files": current},
             "calibration": {"folder": str(calib_dir), "sha256": manifest["sha256"],
                             "synthetic": manifest["dataset"]["synthetic"], "warning": manifest.get("warning")},
             "settings": {"target_device": str(target_device or recipe.quantize.target_device).upper(),
