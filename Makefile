@@ -8,15 +8,8 @@ install:            ## torch's CPU wheel first (a bare `torch` requirement pulls
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[export,dev]'
 
-demo:               ## synthetic checkpoint + scenes -> ONNX, calibration, FP32 + INT8 IRs, report, predictions, pictures, bench
-	$(PYTHON) -m bevport synth-ckpt --seed 0 --out $(WORK)/synthetic_seed0.pth
-	$(PYTHON) -m bevport export --ckpt $(WORK)/synthetic_seed0.pth --out $(WORK)/onnx
-	$(PYTHON) -m bevport synth-data --frames 40 --seed 0 --out $(WORK)/scenes --overwrite
-	$(PYTHON) -m bevport calibrate --onnx $(WORK)/onnx --data $(WORK)/scenes --num-samples 32 --holdout 8 --out $(WORK)/calib
-	$(PYTHON) -m bevport quantize --onnx $(WORK)/onnx --calib $(WORK)/calib --out $(WORK)/ir
-	$(PYTHON) -m bevport synth-data --frames 8 --seed 1 --out $(WORK)/heldout --overwrite
-	$(PYTHON) -m bevport infer --bundle $(WORK)/ir --data $(WORK)/heldout --pred-dir $(WORK)/preds --vis-dir $(WORK)/vis --video
-	$(PYTHON) -m bevport bench --bundle $(WORK)/ir --data $(WORK)/heldout --num-samples 4
+demo:               ## synthetic checkpoint + scenes -> convert (Docker if there, else local) -> bundle + picture
+	$(PYTHON) -m invoke demo
 
 test:
 	$(PYTHON) -m pytest -q

@@ -91,18 +91,21 @@ def convert(c, ckpt, data=None, config=None, recipe="v2xfusion-pp-r34", runner="
     console.print(f"[green]converted[/] ({', '.join(f'{k} {v}' for k, v in outcome.items())}) -> {dist}")
 
 
-@task
-def demo(c, work="work/demo"):
-    """Everything on built-in defaults: synthetic checkpoint and scenes -> ONNX -> INT8 IRs -> infer, bench."""
-    synth_ckpt(c, out=f"{work}/synthetic_seed0.pth")
-    export(c, ckpt=f"{work}/synthetic_seed0.pth", out=f"{work}/onnx")
-    synth_data(c, out=f"{work}/scenes")
-    calibrate(c, onnx=f"{work}/onnx", data=f"{work}/scenes", num_samples=32, holdout=8, out=f"{work}/calib")
-    quantize(c, onnx=f"{work}/onnx", calib=f"{work}/calib", out=f"{work}/ir")
-    synth_data(c, frames=8, seed=1, out=f"{work}/heldout")
-    _runtime(c, "infer", f"{work}/ir", f"{work}/heldout", "CPU",
-             f" --pred-dir {work}/preds --vis-dir {work}/vis --video")
-    _runtime(c, "bench", f"{work}/ir", f"{work}/heldout", "CPU", " --num-samples 4")
+@task(help={"runner": "auto (Docker when an engine and the images are there), docker or local",
+            "frames": "synthetic calibration frames"})
+def demo(c, work="work/demo", runner="auto", frames=16):
+    """The main job on built-in defaults: synthetic checkpoint + synthetic scenes through convert to a bundle."""
+    from bevport.cli import console
+
+    ckpt = f"{work}/synthetic_seed0.pth"
+    if not Path(ckpt).is_file():
+        synth_ckpt(c, out=ckpt)
+    # A random-weight checkpoint cannot meet the recipe's FP32-vs-INT8 bounds: validation reports instead of failing.
+    convert(c, ckpt=ckpt, runner=runner, num_samples=frames, holdout=2, work=f"{work}/convert", dist=f"{work}/dist",
+            allow_drift=True)
+    bundle = sorted(Path(work, "dist").glob("*.tar.gz"))[-1]
+    picture = sorted(Path(work, "convert", "vis").glob("frame_*.png"))[0]
+    console.print(f"bundle: {bundle}\npicture: {picture}", highlight=False)
 
 
 @task(help={"slow": "run only the slow end-to-end tests", "k": "pytest -k expression"})

@@ -180,3 +180,88 @@ def test_runner_names_the_missing_image(request_paths):
         DockerRunner(Client(), mounts(request_paths)).image_id("export")
     assert "images.build" in exc.value.hint
     assert Path(request_paths.ckpt).is_file()
+
+
+class FakeImage:
+    def __init__(self, tag, image_id, payload):
+        self.tags, self.id, self.payload, self.labels = [tag], image_id, payload, {}
+
+    def save(self, named=True):
+        yield self.payload[:5]
+        yield self.payload[5:]
+
+
+class FakeImages:
+    def __init__(self, images, loads_as=None):
+        self.images = {i.tags[0]: i for i in images}
+        self.loaded = []
+        self.loads_as = loads_as
+
+    def get(self, tag):
+        return self.images[tag]
+
+    def load(self, data):
+        self.loaded.append(data)
+        image = next(i for i in self.images.values() if i.payload == data)
+        return [FakeImage(image.tags[0], self.loads_as or image.id, data)]
+
+
+class FakeClient:
+    def __init__(self, loads_as=None):
+        self.images = FakeImages([FakeImage(image_tag("export"), "sha256:aaa", b"export-image-bytes"),
+                                  FakeImage(image_tag("runtime"), "sha256:bbb", b"runtime-image-bytes")], loads_as)
+
+
+def test_saved_images_load_only_with_matching_checksums_and_ids(tmp_path):
+    from bevport.convert.images import load_images, save_images
+
+    folder = tmp_path / "images"
+    saved = save_images(FakeClient(), folder)
+    assert [r["id"] for r in saved["images"]] == ["sha256:aaa", "sha256:bbb"]
+    assert len((folder / "SHA256SUMS").read_text().splitlines()) == 2 and (folder / "LOAD.md").is_file()
+    client = FakeClient()
+    assert [r["tag"] for r in load_images(client, folder)] == [image_tag("export"), image_tag("runtime")]
+    # an image that loads under another ID than recorded is refused
+    with pytest.raises(RunnerError, match="not the recorded image sha256:aaa"):
+        load_images(FakeClient(loads_as="sha256:other"), folder)
+    # a damaged tarball is refused before anything is loaded
+    tarball = folder / saved["images"][1]["file"]
+    tarball.write_bytes(tarball.read_bytes()[:-1] + b"X")
+    client = FakeClient()
+    with pytest.raises(RunnerError, match="does not match SHA256SUMS"):
+        load_images(client, folder)
+    assert client.images.loaded == []
+
+
+def test_image_from_another_revision_is_flagged(monkeypatch):
+    from bevport.convert import images
+
+    client = FakeClient()
+    client.images.get(image_tag("export")).labels = {"org.opencontainers.image.revision": "0123456789abcdef"}
+    monkeypatch.setattr(images, "git_revision", lambda root=None: {"commit": "fedcba9876543210"})
+    warning = images.revision_check(client, "export")
+    assert "built from revision 0123456789ab" in warning and "invoke images.build" in warning
+    monkeypatch.setattr(images, "git_revision", lambda root=None: {"commit": "0123456789abcdef"})
+    assert images.revision_check(client, "export") is None
+
+
+def test_build_context_holds_the_dockerfile_locks_source_and_site_ca(tmp_path):
+    import io
+    import tarfile
+
+    from bevport.convert.images import CA_IN_CONTEXT, build_args, build_context
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("CERT")
+    data = build_context("export", ca, mtime=1700000000)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        assert tar.extractfile("Dockerfile").read().startswith(b"# bevport export image")
+        assert tar.extractfile(CA_IN_CONTEXT).read() == b"CERT"
+        assert {m.mtime for m in tar.getmembers()} == {1700000000} and {m.uid for m in tar.getmembers()} == {0}
+    assert "docker/requirements/export.txt" in names and "src-tree/src/bevport/cli.py" in names
+    assert "src-tree/recipes/v2xfusion-pp-r34.yaml" in names
+    assert build_context("export", ca, mtime=1700000000) == data          # the same inputs, the same context
+    args = build_args("export", "bevport-base:bullseye", {"commit": "abc", "source_date_epoch": "1700000000"})
+    assert args["BASE_IMAGE"] == "bevport-base:bullseye" and args["SOURCE_DATE_EPOCH"] == "1700000000"
+    assert len(args["LOCK_SHA256"]) == 64

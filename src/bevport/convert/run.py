@@ -13,13 +13,28 @@ from bevport.convert.steps import Step, run_steps
 from bevport.fsutil import atomic_write_bytes, sha256_file
 
 
-def make_runner(kind: str, req: ConvertRequest, ca_bundle: Optional[Path] = None):
+def make_runner(kind: str, req: ConvertRequest, ca_bundle: Optional[Path] = None,
+                progress: Callable[[str], None] = lambda m: None):
+    if kind == "auto":
+        kind = _docker_if_ready(progress)
     if kind == "local":
         return LocalRunner()
     if kind == "docker":
         return DockerRunner(docker_client(), mounts(req), gpu=req.device.upper().startswith("GPU"),
                             ca_bundle=ca_bundle)
     raise ValueError(f"runner must be docker or local, got {kind!r}")
+
+
+def _docker_if_ready(progress: Callable[[str], None]) -> str:
+    """docker when an engine answers and both images are there; local otherwise (and say why)."""
+    try:
+        client = docker_client()
+        for kind in ("export", "runtime"):
+            client.images.get(image_tag(kind))
+        return "docker"
+    except Exception as exc:  # no SDK, no engine, no image: all mean the same here
+        progress(f"running locally ({getattr(exc, 'message', None) or str(exc).splitlines()[0]})")
+        return "local"
 
 
 def environment(runner) -> Dict:
@@ -65,7 +80,7 @@ def bundle_step(req: ConvertRequest, environment_file: Path) -> Step:
 def run_convert(req: ConvertRequest, runner_kind: str = "docker", force: bool = False,
                 ca_bundle: Optional[Path] = None, progress: Callable[[str], None] = lambda m: None) -> Dict:
     preflight(req)
-    runner = make_runner(runner_kind, req, ca_bundle)
+    runner = make_runner(runner_kind, req, ca_bundle, progress)
     req.work.mkdir(parents=True, exist_ok=True)
     req.dist.mkdir(parents=True, exist_ok=True)
     env_file = req.work / "environment.json"
