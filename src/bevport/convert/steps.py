@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -75,7 +76,8 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> str:
 
 def run_steps(steps: Sequence[Step], work: Path, runner, force: bool = False,
               progress: Callable[[str], None] = lambda m: None) -> Dict[str, str]:
-    """Run the steps in order through `runner`; returns {step: "ran" | "skipped"}."""
+    """Run the steps in order through `runner`; returns {step: "ran" | "skipped"}. The state file of a step that
+    ran also holds its wall time ("seconds")."""
     work = Path(work)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     outcome = {}
@@ -87,7 +89,9 @@ def run_steps(steps: Sequence[Step], work: Path, runner, force: bool = False,
             continue
         progress(f"{step.name}: running ({runner.name})")
         log = work / "logs" / f"{step.name}.log"
+        start = time.perf_counter()
         code = runner.run(step, log)
+        current["seconds"] = round(time.perf_counter() - start, 2)
         if code != 0:
             raise StepFailed(f"step `{step.name}` failed (exit {code}); last lines of {log}:\n{log_tail(log)}",
                              "fix the cause and rerun: finished steps are skipped (use --force to redo them)")
