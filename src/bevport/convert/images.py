@@ -107,7 +107,23 @@ def build_image(client, kind: str, base: Optional[str], ca_bundle: Optional[Path
             progress(chunk["stream"].rstrip())
         if "aux" in chunk and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
-    return image_id or client.images.get(image_tag(kind)).id
+    return label_interpreter(client, kind)
+
+
+def label_interpreter(client, kind: str) -> str:
+    """Record the Python the image got (3.8 from python:3.8, 3.9 from Debian bullseye) as io.bevport.python: a
+    label-only build on top of the image (no new layer)."""
+    tag = image_tag(kind)
+    version = client.containers.run(tag, ["cat", "/etc/bevport-python-version"], remove=True).decode().strip()
+    dockerfile = f"FROM {tag}\nLABEL io.bevport.python={version}\n".encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        _tar_add_bytes(tar, "Dockerfile", dockerfile, 0)
+    for chunk in client.api.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True, tag=tag, rm=True,
+                                  decode=True):
+        if "error" in chunk:
+            raise RunnerError(f"labelling {tag} failed: {chunk['error'].strip()}")
+    return client.images.get(tag).id
 
 
 def bootstrap_base(client, suite: str, mirror: str, tag: str, workdir: Path, packages: List[str],
