@@ -108,10 +108,12 @@ def demo(c, work="work/demo", runner="auto", frames=16):
     console.print(f"bundle: {bundle}\npicture: {picture}", highlight=False)
 
 
-@task(help={"slow": "run only the slow end-to-end tests", "k": "pytest -k expression"})
-def test(c, slow=False, k=None):
-    """The test suite CI runs (fast); --slow runs the end-to-end tests marked slow."""
-    args = ["-q"] + (["-m", "slow"] if slow else []) + (["-k", f"'{k}'"] if k else [])
+@task(help={"slow": "run only the slow end-to-end tests", "docker": "run only the Docker end-to-end test",
+            "k": "pytest -k expression"})
+def test(c, slow=False, docker=False, k=None):
+    """The test suite CI runs (fast); --slow runs the end-to-end tests marked slow; --docker the Docker one."""
+    marker = ["-m", "slow"] if slow else ["-m", "docker"] if docker else []
+    args = ["-q"] + marker + (["-k", f"'{k}'"] if k else [])
     c.run(f"{PY} -m pytest {' '.join(args)}", pty=sys.stdout.isatty())
 
 
@@ -141,7 +143,8 @@ def _say(message: str) -> None:
 
 
 @task(help={"mirror": "Debian mirror", "suites": "comma list of Debian suites to bootstrap"})
-def images_base(c, mirror="http://deb.debian.org/debian", suites="bullseye,bookworm", workdir="work/rootfs"):
+def images_base(c, mirror="http://deb.debian.org/debian", suites="bullseye,bookworm", workdir="work/rootfs",
+                force=False):
     """Base images without a registry: debootstrap Debian and `docker import` it as bevport-base:<suite> (root)."""
     from bevport.cli import run_reporting_errors
     from bevport.convert.images import bootstrap_base
@@ -149,6 +152,9 @@ def images_base(c, mirror="http://deb.debian.org/debian", suites="bullseye,bookw
     client = _client()
     Path(workdir).mkdir(parents=True, exist_ok=True)
     for suite in suites.split(","):
+        if client.images.list(name=f"bevport-base:{suite}") and not force:
+            _say(f"base bevport-base:{suite} present (--force rebuilds it)")
+            continue
         image = run_reporting_errors(bootstrap_base, client, suite, mirror, f"bevport-base:{suite}", Path(workdir),
                                      ["ca-certificates"], progress=_say)
         _say(f"[green]base[/] bevport-base:{suite} {image}")

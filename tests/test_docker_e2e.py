@@ -1,0 +1,30 @@
+"""The whole conversion in the two images, against a real Docker engine (`.ci/docker-setup` prepares it; run with
+`pytest -m docker`, or `invoke test --docker`)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bevport.bundle import verify_bundle
+from bevport.convert.plan import ConvertRequest
+from bevport.convert.run import run_convert
+
+
+@pytest.mark.docker
+def test_convert_in_docker_gives_a_verified_bundle(synthetic_ckpt, tmp_path):
+    req = ConvertRequest(synthetic_ckpt, tmp_path / "work", tmp_path / "dist", num_samples=2, holdout=1,
+                         allow_drift=True)
+    assert set(run_convert(req, "docker").values()) == {"ran"}
+    states = {p.name: json.loads(p.read_text()) for p in (tmp_path / "work").glob("*.step.json")}
+    assert {s["runner"] for s in states.values()} == {"docker"}
+    assert states["export.step.json"]["image"] != states["validate.step.json"]["image"]   # two images
+    (archive,) = (tmp_path / "dist").glob("*.tar.gz")
+    report = verify_bundle(archive)
+    assert report["ok"] and report["files"] > 20
+    environment = json.loads((tmp_path / "work" / "environment.json").read_text())
+    labels = environment["images"]["export"]["labels"]
+    assert labels["io.bevport.python"].startswith("3.") and "org.opencontainers.image.revision" in labels
+    assert "torch" not in environment["images"]["runtime"]["labels"].get("io.bevport.image", "")
+    # a rerun with nothing changed starts no container
+    assert set(run_convert(req, "docker").values()) == {"skipped"}
