@@ -183,9 +183,10 @@ def images_build(c, kind="both", ca_bundle=None, base_from="registry", export_ba
 @task
 def images_lock(c):
     """Regenerate docker/requirements/*.txt with hashes from the .in files (uv pip compile, per target Python)."""
-    targets = {"export": "3.8", "export-sources": "3.8", "runtime": "3.11"}
+    targets = {"export": "3.8", "export-build": "3.8", "export-sources": "3.8", "runtime": "3.11"}
     for name, python in targets.items():
         extra = " --no-deps" if name.endswith("sources") else ""
+        extra += " -c docker/requirements/export.txt" if name == "export-build" else ""
         c.run(f"uv pip compile docker/requirements/{name}.in --python-version {python} "
               f"--python-platform x86_64-manylinux_2_31 --generate-hashes --no-header{extra} "
               f"-o docker/requirements/{name}.txt")

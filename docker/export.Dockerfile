@@ -22,8 +22,8 @@ ENV PATH=/opt/venv/bin:$PATH
 FROM base AS wheels
 COPY docker/setup-python.sh /usr/local/bin/setup-python.sh
 RUN setup-python.sh build-essential python3-dev
-COPY docker/requirements/export.txt /tmp/export.txt
-RUN pip install --require-hashes --no-deps -r /tmp/export.txt
+COPY docker/requirements/export-build.txt /tmp/export-build.txt
+RUN pip install --require-hashes --no-deps -r /tmp/export-build.txt
 COPY docker/requirements/export-sources.txt /tmp/export-sources.txt
 RUN MMCV_WITH_OPS=1 pip wheel --require-hashes --no-deps --no-build-isolation -w /wheels -r /tmp/export-sources.txt
 
