@@ -9,7 +9,6 @@
 ARG BASE_IMAGE=python:3.8-slim-bullseye@sha256:e191a71397fd61fbddb6712cd43ef9a2c17df0b5e7ba67607128554cd6bff267
 
 FROM ${BASE_IMAGE} AS base
-ARG SOURCE_DATE_EPOCH=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 COPY ca/site-ca.crt /usr/local/share/ca-certificates/bevport-site-ca.crt
@@ -35,6 +34,9 @@ RUN pip install --no-deps --no-index /wheels/*.whl && rm -rf /wheels
 COPY src-tree /src
 RUN rm -f /src/src/bevport/recipes && cp -r /src/recipes /src/src/bevport/recipes \
  && pip install --no-deps --no-build-isolation /src && rm -rf /src
+# Declared last: a build argument that changes (every commit) would otherwise invalidate the cache of every RUN
+# after it, including mmcv-full's compile.
+ARG SOURCE_DATE_EPOCH=0
 ARG GIT_REVISION=unknown
 ARG LOCK_SHA256=none
 LABEL io.bevport.image=export io.bevport.lock-sha256=${LOCK_SHA256} org.opencontainers.image.revision=${GIT_REVISION}

@@ -3,7 +3,6 @@
 # BASE_IMAGE: any Debian bookworm with (or without) python3; `invoke images.base` bootstraps one from a mirror.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
-ARG SOURCE_DATE_EPOCH=0
 ARG GPU_RUNTIME=debian
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
@@ -17,6 +16,9 @@ RUN pip install --require-hashes --no-deps -r /tmp/runtime.txt
 COPY src-tree /src
 RUN rm -f /src/src/bevport/recipes && cp -r /src/recipes /src/src/bevport/recipes \
  && pip install --no-deps --no-build-isolation /src && rm -rf /src
+# Declared last: a build argument that changes (every commit) would otherwise invalidate the cache of every RUN
+# after it, including mmcv-full's compile.
+ARG SOURCE_DATE_EPOCH=0
 ARG GIT_REVISION=unknown
 ARG LOCK_SHA256=none
 LABEL io.bevport.image=runtime io.bevport.gpu-runtime=${GPU_RUNTIME} io.bevport.lock-sha256=${LOCK_SHA256} \
