@@ -6,7 +6,7 @@ Shapes use a string for a dynamic axis ("V").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 from bevport.recipe import Recipe
 

@@ -98,15 +98,12 @@ def build_image(client, kind: str, base: Optional[str], ca_bundle: Optional[Path
     stream = client.api.build(fileobj=io.BytesIO(context), custom_context=True, tag=image_tag(kind),
                               buildargs={k: v for k, v in args.items() if v is not None},
                               labels=labels(kind, base or "dockerfile default", revision), rm=True, decode=True)
-    image_id = None
     for chunk in stream:
         if "error" in chunk:
             raise RunnerError(f"building {image_tag(kind)} failed: {chunk['error'].strip()}",
                               "see the lines above; behind a TLS-intercepting proxy pass --ca-bundle FILE")
         if chunk.get("stream", "").strip():
             progress(chunk["stream"].rstrip())
-        if "aux" in chunk and "ID" in chunk["aux"]:
-            image_id = chunk["aux"]["ID"]
     return label_interpreter(client, kind)
 
 

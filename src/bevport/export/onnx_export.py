@@ -10,17 +10,17 @@ import os
 import platform
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict
 
 import numpy as np
 import torch
 
 from bevport import __version__
 from bevport.checkpoint import load_weights
-from bevport.contract import Contract, GraphSpec, TensorSpec, build_contract
+from bevport.contract import Contract, GraphSpec, build_contract
 from bevport.errors import BevportError
 from bevport.export.graphs import build_graph
-from bevport.export.parity import DYNAMIC_V, check_parity, sample_inputs
+from bevport.export.parity import check_parity, sample_inputs
 from bevport.fsutil import atomic_output_dir, sha256_file
 from bevport.models.v2xfusion import V2XFusion
 from bevport.recipe import Recipe

@@ -23,9 +23,9 @@ import numpy as np
 from bevport import __version__
 from bevport.contract import build_contract
 from bevport.data.dataset import Dataset, open_dataset
-from bevport.errors import DatasetError, QuantizeError
+from bevport.errors import QuantizeError
 from bevport.fsutil import atomic_output_dir, sha256_file
-from bevport.runtime.pipeline import STAGES, Pipeline, prepare_frame
+from bevport.runtime.pipeline import STAGES, Pipeline, prepared_frames
 
 MANIFEST = "manifest.json"
 SYNTHETIC_WARNING = ("calibrated on SYNTHETIC scenes: these INT8 scales are NOT for production; "
@@ -62,33 +62,21 @@ def _collect(recipe, dataset: Dataset, pipeline: Pipeline, tmp: Path, wanted: in
     graph_of_stage = {recipe.quantize.graphs[g].source: g for g in recipe.quantize.graphs}
     frames: List[Dict] = []
     skipped: List[Dict] = []
-    limit = recipe.export.static_voxels
-    for index in range(len(dataset)):
-        if len(frames) == wanted:
-            break
-        try:
-            with pipeline.timed("read_and_preprocess"):
-                frame = dataset.frame(index)
-                inputs = prepare_frame(recipe, pipeline.contract, frame)
-        except DatasetError as exc:
-            if on_bad_frame == "fail":
-                raise
-            warn(f"skipping frame {dataset.ids[index]}: {exc.message}")
-            skipped.append({"id": dataset.ids[index], "reason": exc.message})
-            continue
+    for frame, inputs, seconds in prepared_frames(recipe, pipeline.contract, dataset, on_bad_frame=on_bad_frame,
+                                                  warn=warn, skipped=skipped):
+        pipeline.seconds["read_and_preprocess"] += seconds
         if not frames:
             _check_intensity(recipe, inputs, warn)
         role = "calibration" if len(frames) < calibration else "holdout"
         progress(f"{role} frame {frame.id} ({len(frames) + 1}/{wanted}): {inputs.num_voxels} pillars")
-        if inputs.num_dropped:
-            warn(f"frame {frame.id}: {inputs.num_voxels} pillars, {inputs.num_dropped} beyond V={limit} are "
-                 "dropped (the deploy binary drops them too)")
         result = pipeline.run(inputs)
         with pipeline.timed("store"):
             for stage, feed in result.feeds.items():
                 _store(tmp / graph_of_stage[stage], frame.id, feed)
         frames.append({"id": frame.id, "role": role, "pillars": inputs.num_voxels,
                        "dropped_pillars": inputs.num_dropped})
+        if len(frames) == wanted:
+            break
     return frames, skipped
 
 

@@ -22,7 +22,7 @@ from bevport.data.dataset import Dataset, open_dataset
 from bevport.errors import DatasetError
 from bevport.runtime.decode import Detections, decode
 from bevport.runtime.graphs import STAGE_OF_GRAPH, check_device, compile_graph, read_graph, resolve_graphs
-from bevport.runtime.pipeline import FrameResult, Pipeline, prepare_frame
+from bevport.runtime.pipeline import FrameResult, Pipeline, prepared_frames
 
 GRAPHS = tuple(STAGE_OF_GRAPH)          # camera, lidar_pfe, fuser, head
 DEFAULT_CACHE = Path(os.environ.get("BEVPORT_CACHE", Path.home() / ".cache" / "bevport")) / "ov"
@@ -122,30 +122,20 @@ def iterate_frames(pipeline: RuntimePipeline, dataset: Dataset, limit: Optional[
                    warn: Callable, skipped: List[Dict], start: int = 0) -> Iterator[FrameOutcome]:
     """Read, run and decode frames in dataset order from index `start` (e.g. past the calibration frames); an
     unreadable frame is skipped and recorded, or raised."""
+    if limit is not None and limit <= 0:
+        return
     count = 0
-    for index in range(start, len(dataset)):
-        if limit is not None and count >= limit:
-            return
-        start = time.perf_counter()
-        try:
-            frame = dataset.frame(index)
-            inputs = prepare_frame(pipeline.recipe, pipeline.contract, frame, pipeline.options.channel_order)
-        except DatasetError as exc:
-            if on_bad_frame == "fail":
-                raise
-            warn(f"skipping frame {dataset.ids[index]}: {exc.message}")
-            skipped.append({"id": dataset.ids[index], "reason": exc.message})
-            continue
-        prepared = time.perf_counter()
-        if inputs.num_dropped:
-            warn(f"frame {frame.id}: {inputs.num_voxels} pillars, {inputs.num_dropped} beyond "
-                 f"V={pipeline.recipe.export.static_voxels} dropped")
+    for frame, inputs, prepared in prepared_frames(pipeline.recipe, pipeline.contract, dataset, start,
+                                                   pipeline.options.channel_order, on_bad_frame, warn, skipped):
+        began = time.perf_counter()
         result = pipeline.run(inputs)
         detections = pipeline.detect(result)
-        seconds = dict(result.seconds, read_preprocess_voxelize=prepared - start,
-                       frame=time.perf_counter() - start)
-        count += 1
+        seconds = dict(result.seconds, read_preprocess_voxelize=prepared,
+                       frame=prepared + time.perf_counter() - began)
         yield FrameOutcome(frame, result, detections, seconds)
+        count += 1
+        if limit is not None and count >= limit:
+            return
 
 
 def json_dump(path: Path, data: Dict) -> None:

@@ -13,13 +13,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from bevport.contract import Contract, GraphSpec
+from bevport.contract import Contract
 from bevport.data.dataset import Frame
 from bevport.data.preprocess import CameraMetas, camera_metas, image_tensor
+from bevport.errors import DatasetError
 from bevport.geometry.lss import PoolTableCache, bev_pool
 from bevport.geometry.voxelize import scatter, voxelize_for_deploy
 from bevport.runtime.graphs import compile_graph, infer, read_graph
@@ -70,6 +71,31 @@ def prepare_frame(recipe, contract: Contract, frame: Frame, channel_order: str =
     pfe = dict(zip(names, (padded.features, padded.num_voxels, padded.coors)))
     valid = int(np.count_nonzero(padded.num_voxels))
     return FrameInputs(frame.id, img, metas, pfe, valid + padded.num_dropped, padded.num_dropped)
+
+
+def prepared_frames(recipe, contract: Contract, dataset, start: int = 0, channel_order: str = "training",
+                    on_bad_frame: str = "skip", warn: Callable[[str], None] = lambda m: None,
+                    skipped: Optional[List[Dict]] = None) -> Iterator[Tuple[Frame, FrameInputs, float]]:
+    """(frame, inputs, seconds spent reading and preprocessing) in dataset order from index `start`.
+
+    An unreadable frame is skipped with a warning and recorded in `skipped`, or raised with on_bad_frame="fail".
+    Pillars beyond the static V are warned about (the deploy binary drops them too)."""
+    for index in range(start, len(dataset)):
+        began = time.perf_counter()
+        try:
+            frame = dataset.frame(index)
+            inputs = prepare_frame(recipe, contract, frame, channel_order)
+        except DatasetError as exc:
+            if on_bad_frame == "fail":
+                raise
+            warn(f"skipping frame {dataset.ids[index]}: {exc.message}")
+            if skipped is not None:
+                skipped.append({"id": dataset.ids[index], "reason": exc.message})
+            continue
+        if inputs.num_dropped:
+            warn(f"frame {frame.id}: {inputs.num_voxels} pillars, {inputs.num_dropped} beyond "
+                 f"V={recipe.export.static_voxels} are dropped (the deploy binary drops them too)")
+        yield frame, inputs, time.perf_counter() - began
 
 
 class Pipeline:
