@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
+from PIL import Image
 
 from bevport.contract import build_contract
 from bevport.data.dataset import Dataset, open_dataset
@@ -208,7 +209,8 @@ def run_infer(recipe, bundle: Path, data: Optional[os.PathLike], options: Runtim
             ids.append(frame.id)
             progress(f"frame {frame.id}: {len(det.scores)} boxes in {outcome.seconds['frame'] * 1e3:.0f} ms")
             if pred_dir is not None:
-                size = frame.image().size
+                with Image.open(frame.image_path) as header:      # the size only: no second JPEG decode
+                    size = header.size
                 write_predictions(pred_dir, frame.id, det.boxes, det.scores, det.labels, recipe.class_names,
                                   frame.calib, size)
             if vis_dir is not None:
