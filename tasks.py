@@ -72,6 +72,23 @@ def benchmark(c, bundle="work/ir", data=None, device="CPU"):
     _runtime(c, "bench", bundle, data, device, "")
 
 
+@task(help={"onnx": "export folder", "ir": "IR folder quantized from it", "validate": "validate.json (optional)",
+            "bench": "bench.json (optional)", "vis": "pictures folder (optional)", "dist": "release folder"})
+def bundle(c, onnx="work/onnx", ir="work/ir", validate=None, bench=None, vis=None, dist="dist",
+           recipe="v2xfusion-pp-r34"):
+    """Pack ONNX + IRs (+ reports) into dist/<recipe>-<ckpt sha256[:12]>/ and a deterministic .tar.gz."""
+    extra = "".join(f" --{flag} {value}" for flag, value in
+                    (("validate", validate), ("bench", bench), ("vis", vis)) if value is not None)
+    c.run(f"{PY} -m bevport bundle --recipe {recipe} --onnx {onnx} --ir {ir} --dist {dist}{extra}",
+          pty=sys.stdout.isatty())
+
+
+@task(positional=["path"], help={"path": "dist/<name> or dist/<name>.tar.gz"})
+def verify(c, path):
+    """Re-check every hash of a release bundle against its manifest."""
+    c.run(f"{PY} -m bevport verify {path}", pty=sys.stdout.isatty())
+
+
 @task(help={"ckpt": "training checkpoint (.pth)", "data": "dataset root (default: synthetic scenes)",
             "config": "upstream training config", "runner": "docker (default) or local", "device": "CPU or GPU",
             "num_samples": "calibration frames", "force": "redo finished steps", "ca_bundle": "site CA for containers",
@@ -203,7 +220,7 @@ def images_save(c, out="dist/images"):
 
 
 @task(help={"folder": "a folder written by images.save"})
-def images_load(c, folder="dist/images"):
+def images_load(c, folder):
     """Load saved images after checking every tarball's checksum and, after loading, every image ID."""
     from bevport.cli import run_reporting_errors
     from bevport.convert.images import load_images
@@ -232,5 +249,5 @@ images = Collection("images")
 for _name, _task in (("base", images_base), ("build", images_build), ("lock", images_lock), ("save", images_save),
                      ("load", images_load)):
     images.add_task(_task, name=_name)
-ns = Collection(synth_ckpt, export, synth_data, calibrate, quantize, infer, validate, benchmark, convert, demo, test,
-                bench, doctor, images)
+ns = Collection(synth_ckpt, export, synth_data, calibrate, quantize, infer, validate, benchmark, convert, bundle,
+                verify, demo, test, bench, doctor, images)

@@ -7,7 +7,7 @@ ARG GPU_RUNTIME=debian
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 COPY ca/site-ca.crt /usr/local/share/ca-certificates/bevport-site-ca.crt
-COPY docker/setup-python.sh docker/install-gpu-runtime.sh /usr/local/bin/
+COPY docker/setup-python.sh docker/install-gpu-runtime.sh docker/fetch-verified.sh /usr/local/bin/
 COPY docker/gpu/intel-packages.sha256 /tmp/intel-packages.sha256
 RUN setup-python.sh && install-gpu-runtime.sh "$GPU_RUNTIME"
 ENV PATH=/opt/venv/bin:$PATH

@@ -201,6 +201,7 @@ class FakeImages:
         return self.images[tag]
 
     def load(self, data):
+        data = data.read()                       # the real SDK streams the open tarball to the engine
         self.loaded.append(data)
         image = next(i for i in self.images.values() if i.payload == data)
         return [FakeImage(image.tags[0], self.loads_as or image.id, data)]
@@ -265,3 +266,38 @@ def test_build_context_holds_the_dockerfile_locks_source_and_site_ca(tmp_path):
     args = build_args("export", "bevport-base:bullseye", {"commit": "abc", "source_date_epoch": "1700000000"})
     assert args["BASE_IMAGE"] == "bevport-base:bullseye" and args["SOURCE_DATE_EPOCH"] == "1700000000"
     assert len(args["LOCK_SHA256"]) == 64
+
+
+def _fetch_verified(tmp_path, lines):
+    import subprocess
+
+    listing = tmp_path / "packages.sha256"
+    listing.write_text("# a comment\n\n" + "".join(f"{sum_}  {url}\n" for sum_, url in lines))
+    script = Path(__file__).resolve().parents[1] / "docker" / "fetch-verified.sh"
+    return subprocess.run(["sh", str(script), str(listing), str(tmp_path / "out")], capture_output=True, text=True)
+
+
+def test_gpu_packages_are_checked_before_install(tmp_path):
+    import hashlib
+
+    good, bad = tmp_path / "intel-igc-core-2_2.2.3+18220_amd64.deb", tmp_path / "libigdgmm12_22.5.4_amd64.deb"
+    good.write_bytes(b"good package")
+    bad.write_bytes(b"tampered package")
+    good_sum = hashlib.sha256(b"good package").hexdigest()
+    good_url = good.as_uri().replace("+", "%2B")                          # as on GitHub's release pages
+    ok = _fetch_verified(tmp_path, [(good_sum, good_url)])
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "out" / "intel-igc-core-2_2.2.3+18220_amd64.deb").read_bytes() == b"good package"
+    refused = _fetch_verified(tmp_path, [(good_sum, good_url), ("0" * 64, bad.as_uri())])
+    assert refused.returncode == 1 and "libigdgmm12_22.5.4_amd64.deb: sha256" in refused.stderr
+    assert not (tmp_path / "out" / "libigdgmm12_22.5.4_amd64.deb").exists()
+    missing = _fetch_verified(tmp_path, [(good_sum, (tmp_path / "gone.deb").as_uri())])
+    assert missing.returncode == 1 and "could not download" in missing.stderr
+
+
+def test_shipped_gpu_package_list_is_well_formed():
+    listing = Path(__file__).resolve().parents[1] / "docker" / "gpu" / "intel-packages.sha256"
+    lines = [line.split() for line in listing.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    names = {url.rsplit("/", 1)[1].split("_")[0] for _, url in lines}
+    assert names == {"intel-igc-core-2", "intel-igc-opencl-2", "intel-level-zero-gpu", "intel-opencl-icd", "libigdgmm12"}
+    assert all(len(sum_) == 64 and int(sum_, 16) >= 0 and url.startswith("https://") for sum_, url in lines)

@@ -28,3 +28,23 @@ def test_convert_in_docker_gives_a_verified_bundle(synthetic_ckpt, tmp_path):
     assert "torch" not in environment["images"]["runtime"]["labels"].get("io.bevport.image", "")
     # a rerun with nothing changed starts no container
     assert set(run_convert(req, "docker").values()) == {"skipped"}
+
+
+@pytest.mark.docker
+def test_saved_runtime_image_loads_back_and_a_damaged_copy_is_refused(tmp_path):
+    from bevport.convert.images import load_images, save_images
+    from bevport.convert.runner import RunnerError, docker_client
+
+    client = docker_client()
+    saved = save_images(client, tmp_path / "images", kinds=("runtime",))
+    (record,) = saved["images"]
+    assert record["id"] == client.images.get(record["tag"]).id
+    assert [r["id"] for r in load_images(client, tmp_path / "images")] == [record["id"]]
+    tarball = tmp_path / "images" / record["file"]
+    with open(tarball, "r+b") as f:                      # one byte changed in the middle of a layer
+        f.seek(tarball.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(RunnerError, match="does not match SHA256SUMS"):
+        load_images(client, tmp_path / "images")

@@ -213,8 +213,8 @@ def load_images(client, folder: Path, progress: Callable[[str], None] = lambda m
                               f"SHA256SUMS ({expected})", "the tarball is damaged or was replaced: copy it again")
     for record in records:
         progress(f"loading {record['file']}")
-        with open(folder / record["file"], "rb") as f:
-            loaded = client.images.load(f.read())
+        with open(folder / record["file"], "rb") as f:          # streamed: the export image is 3 GB
+            loaded = client.images.load(f)
         ids = {image.id for image in loaded}
         if record["id"] not in ids:
             raise RunnerError(f"{record['file']} loaded as {sorted(ids)}, not the recorded image {record['id']}",
