@@ -8,13 +8,13 @@ install:            ## torch's CPU wheel first (a bare `torch` requirement pulls
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[export,dev]'
 
-demo:               ## synthetic checkpoint + scenes -> convert (Docker if there, else local) -> bundle + picture
+demo: install       ## synthetic checkpoint + scenes -> convert (Docker if there, else local) -> bundle + picture
 	$(PYTHON) -m invoke demo
 
-test:
+test: install       ## the suite README and CI run (slow and Docker tests have their own targets)
 	$(PYTHON) -m pytest -q
 
-test-slow:
+test-slow: install
 	$(PYTHON) -m pytest -q -m slow
 
 bench:

@@ -4,8 +4,13 @@
 # BASE_IMAGE is pinned by digest for users (python:3.8, the upstream environment). Where no registry is reachable,
 # `invoke images.base` bootstraps Debian bullseye and CI builds from it: Debian's python3 there is 3.9, and the
 # image label io.bevport.python records which interpreter an image got.
-# The digest is the one public projects pin for python:3.8-slim-bullseye (Python 3.8 images stopped updating in
-# 2024); check it with `docker buildx imagetools inspect python:3.8-slim-bullseye` before relying on it.
+# The digest is python:3.8.20-slim-bullseye's repo digest, the final Python 3.8 image (they stopped updating in
+# 2024), pinned alike by several public projects; no registry was reachable here to inspect it.
+#
+# mmdet3d is not installed. mmdet3d 0.x (PyPI's 0.17.3 and the BEVFusion fork V2XFusion was trained in) lists .cu
+# files among the sources of its iou3d, voxel and spconv ops, so it builds only with nvcc, and torch's extension
+# builder refuses an nvcc whose CUDA major differs from torch 1.11's (10.2 on PyPI); Debian has only 11.2. bevport
+# needs none of it: its model code is its own and is checked against the original.
 ARG BASE_IMAGE=python:3.8-slim-bullseye@sha256:e191a71397fd61fbddb6712cd43ef9a2c17df0b5e7ba67607128554cd6bff267
 
 FROM ${BASE_IMAGE} AS base
