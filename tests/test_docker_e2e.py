@@ -12,10 +12,16 @@ from bevport.convert.run import run_convert
 
 
 @pytest.mark.docker
-def test_convert_in_docker_gives_a_verified_bundle(synthetic_ckpt, tmp_path):
-    req = ConvertRequest(synthetic_ckpt, tmp_path / "work", tmp_path / "dist", num_samples=2, holdout=1,
+def test_convert_in_docker_gives_a_verified_bundle(synthetic_ckpt, scenes, tmp_path):
+    # the dataset goes in through the read-only /data mount: 2 calibration frames, 1 held out, 1 for validation
+    req = ConvertRequest(synthetic_ckpt, tmp_path / "work", tmp_path / "dist", data=scenes, num_samples=2, holdout=1,
                          allow_drift=True)
     assert set(run_convert(req, "docker").values()) == {"ran"}
+    manifest = json.loads((tmp_path / "work" / "calib" / "manifest.json").read_text())
+    assert manifest["dataset"]["root"] == "/data" and not manifest["dataset"]["synthetic"]
+    assert [f["id"] for f in manifest["frames"]] == ["000000", "000001", "000002"]
+    validated = json.loads((tmp_path / "work" / "validate.json").read_text())
+    assert validated["device"] == "CPU" and validated["frames"] == ["000003"]
     states = {p.name: json.loads(p.read_text()) for p in (tmp_path / "work").glob("*.step.json")}
     assert {s["runner"] for s in states.values()} == {"docker"}
     assert states["export.step.json"]["image"] != states["validate.step.json"]["image"]   # two images
