@@ -236,8 +236,8 @@ def doctor(c, device="GPU"):
 
     ok = True
     for check in diagnose(device):
-        ok &= check.ok
-        mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]"
+        ok &= check.ok or check.warning
+        mark = "[green]ok[/]  " if check.ok else "[yellow]warn[/]" if check.warning else "[red]FAIL[/]"
         _say(f"{mark} {check.name}: {check.detail}" + ("" if check.ok or not check.fix else f"\n      fix: {check.fix}"))
     if not ok:
         raise SystemExit(1)

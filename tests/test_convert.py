@@ -234,16 +234,36 @@ def test_saved_images_load_only_with_matching_checksums_and_ids(tmp_path):
     assert client.images.loaded == []
 
 
-def test_image_from_another_revision_is_flagged(monkeypatch):
+def _image_checkout(root):
+    import subprocess
+
+    for name, text in (("pyproject.toml", "[project]\nname = 'x'\n"), ("README.md", "# x\n"),
+                       ("src/x/__init__.py", "A = 1\n"), ("recipes/r.yaml", "a: 1\n"),
+                       ("docker/export.Dockerfile", "FROM scratch\n"), ("tests/test_x.py", "A = 1\n")):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "."], check=True)
+
+
+def test_image_from_other_sources_is_flagged_but_not_after_a_docs_or_test_change(tmp_path, monkeypatch):
     from bevport.convert import images
 
+    _image_checkout(tmp_path)
     client = FakeClient()
-    client.images.get(image_tag("export")).labels = {"org.opencontainers.image.revision": "0123456789abcdef"}
+    image = client.images.get(image_tag("export"))
+    image.labels = {"org.opencontainers.image.revision": "0123456789abcdef",
+                    "io.bevport.source-sha256": images.source_hash("export", tmp_path)}
     monkeypatch.setattr(images, "git_revision", lambda root=None: {"commit": "fedcba9876543210"})
-    warning = images.revision_check(client, "export")
+    assert images.revision_check(client, "export", tmp_path) is None          # same sources, another commit
+    (tmp_path / "README.md").write_text("# x, documented\n")
+    (tmp_path / "tests" / "test_x.py").write_text("A = 2\n")
+    assert images.revision_check(client, "export", tmp_path) is None
+    (tmp_path / "src" / "x" / "__init__.py").write_text("A = 2\n")
+    warning = images.revision_check(client, "export", tmp_path)
     assert "built from revision 0123456789ab" in warning and "invoke images.build" in warning
-    monkeypatch.setattr(images, "git_revision", lambda root=None: {"commit": "0123456789abcdef"})
-    assert images.revision_check(client, "export") is None
+    image.labels = {"org.opencontainers.image.revision": "0123456789abcdef"}   # built before the label existed
+    assert images.revision_check(client, "export", tmp_path) is not None
 
 
 def test_build_context_holds_the_dockerfile_locks_source_and_site_ca(tmp_path):
@@ -301,3 +321,16 @@ def test_shipped_gpu_package_list_is_well_formed():
     names = {url.rsplit("/", 1)[1].split("_")[0] for _, url in lines}
     assert names == {"intel-igc-core-2", "intel-igc-opencl-2", "intel-level-zero-gpu", "intel-opencl-icd", "libigdgmm12"}
     assert all(len(sum_) == 64 and int(sum_, 16) >= 0 and url.startswith("https://") for sum_, url in lines)
+
+
+def test_docker_convert_warns_when_an_image_is_from_other_sources(request_paths, monkeypatch):
+    from bevport.convert import images, run
+
+    client = FakeClient()
+    client.images.get(image_tag("export")).labels = {"io.bevport.source-sha256": images.source_hash("export")}
+    client.images.get(image_tag("runtime")).labels = {"org.opencontainers.image.revision": "0123456789abcdef"}
+    monkeypatch.setattr(run, "docker_client", lambda: client)
+    said = []
+    runner = run.make_runner("docker", request_paths, progress=said.append)
+    assert isinstance(runner, DockerRunner)
+    assert len(said) == 1 and said[0].startswith("warning: bevport-runtime:") and "invoke images.build" in said[0]

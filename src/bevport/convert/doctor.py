@@ -18,6 +18,7 @@ class Check:
     ok: bool
     detail: str
     fix: Optional[str] = None
+    warning: bool = False       # not ok, but a conversion still works (e.g. an image from older sources)
 
 
 def diagnose(device: str = "GPU", workdir: Path = Path(".")) -> Iterator[Check]:
@@ -50,9 +51,9 @@ def _images(client) -> Iterator[Check]:
             yield Check(f"{kind} image", False, f"{image_tag(kind)} not found",
                         "`invoke images.build` (or `invoke images.load <folder>` on an air-gapped host)")
             continue
-        warning = revision_check(client, kind)
-        yield Check(f"{kind} image", warning is None, warning or f"{image_tag(kind)} {image.short_id}, built from "
-                    "this checkout", "`invoke images.build` to rebuild from this checkout")
+        stale = revision_check(client, kind)
+        yield Check(f"{kind} image", stale is None, stale or f"{image_tag(kind)} {image.short_id}, built from this "
+                    "checkout's sources", warning=stale is not None)
 
 
 def _gpu_access() -> Iterator[Check]:

@@ -4,7 +4,7 @@
   as a tar with sorted entries and fixed times, and `docker import` it.
 * `build_image` sends a build context made here (Dockerfile, lock files, the bevport source, the site CA if any),
   so the build sees exactly those files, with SOURCE_DATE_EPOCH from the last commit and labels naming the git
-  revision, the base and the lock files' hashes.
+  revision, the base, the lock files' hashes and the hash of the image's sources (`revision_check` compares it).
 * `save_images` writes each image as a tarball plus SHA256SUMS and images.json (tag -> image ID); `load_images`
   refuses a tarball whose checksum, or whose loaded image ID, differs from what was recorded.
 """
@@ -17,7 +17,7 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from bevport.convert.runner import IMAGES, RunnerError, image_tag
 from bevport.fsutil import atomic_write_bytes, sha256_file
@@ -53,20 +53,35 @@ def _source_files(root: Path) -> List[Path]:
     return sorted(root / name for name in listed if (root / name).is_file() and not (root / name).is_symlink())
 
 
+def _context_files(kind: str, root: Path) -> Iterator[Tuple[str, Path, int]]:
+    """(name in the context, file, mode) of everything an image is built from, but the site CA."""
+    yield "Dockerfile", root / "docker" / f"{kind}.Dockerfile", 0o644
+    for path in sorted((root / "docker").rglob("*")):
+        if path.is_file() and not path.name.endswith(".Dockerfile"):
+            yield f"docker/{path.relative_to(root / 'docker')}", path, 0o755 if os.access(path, os.X_OK) else 0o644
+    for path in _source_files(root):
+        yield f"src-tree/{path.relative_to(root)}", path, 0o644
+
+
 def build_context(kind: str, ca_bundle: Optional[Path], mtime: int, root: Path = ROOT) -> bytes:
     """A tar build context: docker/<kind>.Dockerfile as Dockerfile, docker/ helpers and lock files, the source."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        _tar_add_bytes(tar, "Dockerfile", (root / "docker" / f"{kind}.Dockerfile").read_bytes(), mtime)
-        for path in sorted((root / "docker").rglob("*")):
-            if path.is_file() and not path.name.endswith(".Dockerfile"):
-                _tar_add_bytes(tar, f"docker/{path.relative_to(root / 'docker')}", path.read_bytes(), mtime,
-                               0o755 if os.access(path, os.X_OK) else 0o644)
-        for path in _source_files(root):
-            _tar_add_bytes(tar, f"src-tree/{path.relative_to(root)}", path.read_bytes(), mtime)
+        for name, path, mode in _context_files(kind, root):
+            _tar_add_bytes(tar, name, path.read_bytes(), mtime, mode)
         ca = Path(ca_bundle).read_bytes() if ca_bundle else b""
         _tar_add_bytes(tar, CA_IN_CONTEXT, ca, mtime)          # empty file: no site CA
     return buffer.getvalue()
+
+
+def source_hash(kind: str, root: Path = ROOT) -> str:
+    """sha256 of what decides an image's content (Dockerfile, docker/, locks, package source), without the README:
+    an image stays current across commits that change only docs, tests or CI."""
+    digest = hashlib.sha256()
+    for name, path, mode in _context_files(kind, root):
+        if name != "src-tree/README.md":
+            digest.update(f"{name}\0{mode:o}\0".encode() + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def lock_hash(kind: str, root: Path = ROOT) -> str:
@@ -84,6 +99,7 @@ def labels(kind: str, base: str, revision: Dict[str, str]) -> Dict[str, str]:
             "org.opencontainers.image.revision": revision["commit"],
             "org.opencontainers.image.base.name": base,
             "io.bevport.tree-dirty": revision["dirty"],
+            "io.bevport.source-sha256": source_hash(kind),
             f"io.bevport.lock.{kind}.sha256": lock_hash(kind)}
 
 
@@ -233,12 +249,14 @@ def _read_sums(path: Path) -> Dict[str, str]:
     return sums
 
 
-def revision_check(client, kind: str) -> Optional[str]:
-    """A warning when the image was built from another revision than this checkout (None when it matches)."""
+def revision_check(client, kind: str, root: Path = ROOT) -> Optional[str]:
+    """A warning when the image was built from other sources than this checkout's (None when they match; a commit
+    that changed only docs, tests or CI does not count)."""
     image = client.images.get(image_tag(kind))
-    built = (image.labels or {}).get("org.opencontainers.image.revision", "unknown")
-    current = git_revision()["commit"]
-    if built != current:
-        return (f"{image_tag(kind)} was built from revision {built[:12]}, this checkout is {current[:12]}: "
-                "rebuild with `invoke images.build`")
-    return None
+    labels_ = image.labels or {}
+    if labels_.get("io.bevport.source-sha256") == source_hash(kind, root):
+        return None
+    built = labels_.get("org.opencontainers.image.revision", "unknown")
+    current = git_revision(root)["commit"]
+    return (f"{image_tag(kind)} was built from revision {built[:12]}, whose image sources differ from this "
+            f"checkout ({current[:12]}): rebuild with `invoke images.build`")

@@ -20,9 +20,24 @@ def make_runner(kind: str, req: ConvertRequest, ca_bundle: Optional[Path] = None
     if kind == "local":
         return LocalRunner()
     if kind == "docker":
-        return DockerRunner(docker_client(), mounts(req), gpu=req.device.upper().startswith("GPU"),
-                            ca_bundle=ca_bundle)
+        client = docker_client()
+        _warn_about_stale_images(client, progress)
+        return DockerRunner(client, mounts(req), gpu=req.device.upper().startswith("GPU"), ca_bundle=ca_bundle)
     raise ValueError(f"runner must be docker or local, got {kind!r}")
+
+
+def _warn_about_stale_images(client, progress: Callable[[str], None]) -> None:
+    import docker
+
+    from bevport.convert.images import revision_check
+
+    for kind in ("export", "runtime"):
+        try:
+            stale = revision_check(client, kind)
+        except docker.errors.ImageNotFound:  # reported, with its fix, when the first step needs the image
+            continue
+        if stale:
+            progress(f"warning: {stale}")
 
 
 def _docker_if_ready(progress: Callable[[str], None]) -> str:
