@@ -10,10 +10,15 @@ ROOT = Path(__file__).resolve().parent
 PY = sys.executable
 
 
-@task(help={"seed": "generator seed", "out": "checkpoint to write"})
-def synth_ckpt(c, seed=0, out="work/demo/synthetic_seed0.pth", recipe="v2xfusion-pp-r34"):
-    """Write the deterministic synthetic checkpoint (the built-in default)."""
-    c.run(f"{PY} -m bevport synth-ckpt --recipe {recipe} --seed {seed} --out {out}", pty=sys.stdout.isatty())
+@task(help={"seed": "generator seed", "out": "checkpoint to write",
+            "runner": "auto (the export image when Docker is ready), docker or local"})
+def synth_ckpt(c, seed=0, out="work/demo/synthetic_seed0.pth", recipe="v2xfusion-pp-r34", runner="auto"):
+    """Write the deterministic synthetic checkpoint (the built-in default); with Docker the host needs no torch."""
+    from bevport.cli import console, run_reporting_errors
+    from bevport.convert.run import synthetic_checkpoint
+
+    path = run_reporting_errors(synthetic_checkpoint, Path(out), runner, recipe, int(seed))
+    console.print(f"synthetic checkpoint (seed {seed}): {path}", highlight=False)
 
 
 @task(help={"ckpt": "training checkpoint (.pth)", "config": "upstream training config (optional)",
@@ -112,14 +117,14 @@ def convert(c, ckpt, data=None, config=None, recipe="v2xfusion-pp-r34", runner="
             "frames": "synthetic calibration frames"})
 def demo(c, work="work/demo", runner="auto", frames=16):
     """The main job on built-in defaults: synthetic checkpoint + synthetic scenes through convert to a bundle."""
-    from bevport.cli import console
+    from bevport.cli import console, run_reporting_errors
+    from bevport.convert.run import resolve_runner, synthetic_checkpoint
 
-    ckpt = f"{work}/synthetic_seed0.pth"
-    if not Path(ckpt).is_file():
-        synth_ckpt(c, out=ckpt)
+    runner = resolve_runner(runner, progress=lambda m: console.print(f"[dim]demo:[/] {m}"))
+    ckpt = run_reporting_errors(synthetic_checkpoint, Path(work, "synthetic_seed0.pth"), runner)
     # A random-weight checkpoint cannot meet the recipe's FP32-vs-INT8 bounds: validation reports instead of failing.
-    convert(c, ckpt=ckpt, runner=runner, num_samples=frames, holdout=2, work=f"{work}/convert", dist=f"{work}/dist",
-            allow_drift=True)
+    convert(c, ckpt=str(ckpt), runner=runner, num_samples=frames, holdout=2, work=f"{work}/convert",
+            dist=f"{work}/dist", allow_drift=True)
     bundle = sorted(Path(work, "dist").glob("*.tar.gz"))[-1]
     picture = sorted(Path(work, "convert", "vis").glob("frame_*.png"))[0]
     console.print(f"bundle: {bundle}\npicture: {picture}", highlight=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -334,3 +335,26 @@ def test_docker_convert_warns_when_an_image_is_from_other_sources(request_paths,
     runner = run.make_runner("docker", request_paths, progress=said.append)
     assert isinstance(runner, DockerRunner)
     assert len(said) == 1 and said[0].startswith("warning: bevport-runtime:") and "invoke images.build" in said[0]
+
+
+def test_demo_checkpoint_is_drawn_in_the_export_image_when_docker_runs(tmp_path, monkeypatch):
+    from bevport.convert import run
+
+    monkeypatch.setattr(run, "docker_client", lambda: FakeClient())
+    containers = []
+
+    def fake_run(self, step, log):
+        containers.append(self.run_kwargs(step))
+        step.outputs[0].write_bytes(b"weights")
+        return 0
+
+    monkeypatch.setattr(run.DockerRunner, "run", fake_run)
+    out = tmp_path / "demo" / "synthetic_seed0.pth"
+    assert run.synthetic_checkpoint(out, "docker") == out and out.read_bytes() == b"weights"
+    (kwargs,) = containers
+    assert kwargs["image"] == image_tag("export") and kwargs["user"] == f"{os.getuid()}:{os.getgid()}"
+    assert kwargs["command"] == ["bevport", "synth-ckpt", "--recipe", "v2xfusion-pp-r34", "--seed", "0",
+                                 "--out", "/work/synthetic_seed0.pth", "-q"]
+    assert kwargs["volumes"] == {str(out.parent.resolve()): {"bind": "/work", "mode": "rw"}}
+    run.synthetic_checkpoint(out, "docker")                 # up to date: no second container
+    assert len(containers) == 1

@@ -8,22 +8,27 @@ from typing import Callable, Dict, Optional
 
 from bevport import __version__
 from bevport.convert.plan import ConvertRequest, mounts, plan, preflight
-from bevport.convert.runner import DockerRunner, LocalRunner, docker_client, image_tag
+from bevport.convert.runner import DockerRunner, LocalRunner, Mounts, docker_client, image_tag
 from bevport.convert.steps import Step, run_steps
 from bevport.fsutil import atomic_write_bytes, sha256_file
 
 
+def resolve_runner(kind: str, progress: Callable[[str], None] = lambda m: None) -> str:
+    """auto -> docker when an engine answers and both images are there, local otherwise (saying why)."""
+    if kind not in ("auto", "docker", "local"):
+        raise ValueError(f"runner must be auto, docker or local, got {kind!r}")
+    return _docker_if_ready(progress) if kind == "auto" else kind
+
+
 def make_runner(kind: str, req: ConvertRequest, ca_bundle: Optional[Path] = None,
                 progress: Callable[[str], None] = lambda m: None):
-    if kind == "auto":
-        kind = _docker_if_ready(progress)
+    kind = resolve_runner(kind, progress)
     if kind == "local":
         return LocalRunner()
     if kind == "docker":
         client = docker_client()
         _warn_about_stale_images(client, progress)
         return DockerRunner(client, mounts(req), gpu=req.device.upper().startswith("GPU"), ca_bundle=ca_bundle)
-    raise ValueError(f"runner must be docker or local, got {kind!r}")
 
 
 def _warn_about_stale_images(client, progress: Callable[[str], None]) -> None:
@@ -50,6 +55,20 @@ def _docker_if_ready(progress: Callable[[str], None]) -> str:
     except Exception as exc:  # no SDK, no engine, no image: all mean the same here
         progress(f"running locally ({getattr(exc, 'message', None) or str(exc).splitlines()[0]})")
         return "local"
+
+
+def synthetic_checkpoint(out: Path, runner_kind: str, recipe: str = "v2xfusion-pp-r34", seed: int = 0) -> Path:
+    """The built-in demo checkpoint. With Docker it is drawn in the export image, so a host with only Docker and
+    invoke (no torch) can run the demo. The seed fixes the weights; the BatchNorm statistics are measured with a
+    forward pass, so torch 1.11 (image) and a current torch (host) can differ in the last bits of one of them."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    step = Step("synth-ckpt", "export", ["synth-ckpt", "--recipe", recipe, "--seed", seed, "--out", out, "-q"], {},
+                [out], {"recipe": recipe, "seed": seed})
+    runner = (LocalRunner() if resolve_runner(runner_kind) == "local"
+              else DockerRunner(docker_client(), Mounts({"/work": (out.parent, "rw")})))
+    run_steps([step], out.parent / ".bevport", runner)    # its step record and log, out of the way
+    return out
 
 
 def environment(runner) -> Dict:
