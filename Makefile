@@ -2,7 +2,7 @@
 PYTHON ?= python3
 WORK   ?= work/demo
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow benchmarks clean
 
 install:            ## torch's CPU wheel first (a bare `torch` requirement pulls CUDA), then bevport with its extras
 	$(PYTHON) -m pip install --quiet torch==2.13.0
@@ -17,11 +17,8 @@ test: install       ## the suite README and CI run (slow and Docker tests have t
 test-slow: install
 	$(PYTHON) -m pytest -q -m slow
 
-bench:
-	$(PYTHON) benchmarks/export.py
-	$(PYTHON) benchmarks/pool.py
-	cd benchmarks && $(PYTHON) quantize.py --out results/quantize.json
-	cd benchmarks && $(PYTHON) infer.py --out results/infer.json
+benchmarks:         ## the scripts in benchmarks/ -> benchmarks/results/*.json (= invoke benchmarks)
+	$(PYTHON) -m invoke benchmarks
 
 clean:
 	rm -rf work benchmarks/results .pytest_cache

@@ -31,6 +31,16 @@ def run(argv):
     return seconds, round(peak_kib / 1024, 1)
 
 
+def host() -> dict:
+    """The machine a benchmark ran on: CPU model, cores, and the ISA OpenVINO's CPU plugin can use (AMX, AVX512 ...)
+    with the precision it runs FP32 graphs in by default. Every benchmark JSON carries it."""
+    import openvino as ov
+
+    from bevport.runtime.precision import cpu_isa
+
+    return dict(cpu_isa(ov.Core()), cores=os.cpu_count(), python=platform.python_version())
+
+
 def synthetic_export(folder: Path) -> Path:
     """Untimed setup for the other benchmarks: the synthetic checkpoint and its export in `folder`."""
     run(["synth-ckpt", "--out", str(folder / "s.pth"), "-q"])
@@ -61,8 +71,7 @@ def main() -> None:
         "synth_ckpt_wall_s": round(synth_s, 2),
         "worst_parity_rel_error": max(o["max_rel_error"] for g in parity["graphs"].values()
                                       for o in g["outputs"].values()),
-        "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                 "python": platform.python_version(), "torch": torch.__version__},
+        "host": dict(host(), torch=torch.__version__),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bevport.geometry.lss import bev_pool, geometry, pool_table
-from bevport.geometry.voxelize import pad_to, scatter, voxelize_for_deploy, voxelize_for_recipe
+from bevport.geometry.voxelize import _assign, _features, scatter, voxelize_for_deploy
 from bevport.recipe import load_recipe
 
 
@@ -94,11 +94,16 @@ def main() -> None:
 
     points = roadside_sweep(rng)
     slots, max_points = recipe.export.static_voxels, recipe.export.deploy_max_points
-    voxels = voxelize_for_recipe(recipe, points, max_points, slots)
+    # What the runtime calls (voxelize_for_deploy), then its two steps: each point's voxel and slot, and the copy of
+    # the points into the [slots, max_points, C] feature array.
+    vox, cloud = recipe.model.lidar.voxelize, points[:, : recipe.input.point_dims]
+    assign = lambda: _assign(cloud, vox.point_cloud_range, vox.voxel_size, max_points, slots)  # noqa: E731
+    assignment = assign()
     deploy_ms = median_ms(lambda: voxelize_for_deploy(recipe, points), args.repeat)
-    voxelize_ms = median_ms(lambda: voxelize_for_recipe(recipe, points, max_points, slots), args.repeat)
-    pad_ms = median_ms(lambda: pad_to(voxels, slots), args.repeat)
-    padded = pad_to(voxels, slots)
+    assign_ms = median_ms(assign, args.repeat)
+    fill_ms = median_ms(lambda: _features(cloud, assignment, slots, max_points), args.repeat)
+    total_voxels = assignment.counts.size + assignment.num_dropped_voxels
+    padded = voxelize_for_deploy(recipe, points)
     pillars = rng.normal(size=(slots, recipe.model.lidar.scatter.in_channels)).astype(np.float32)
     scatter_ms = median_ms(lambda: scatter(pillars, padded.coors, padded.num_voxels, recipe.bev_shape), args.repeat)
 
@@ -109,9 +114,9 @@ def main() -> None:
                        "cell_pixel_pairs": table.num_pairs, "cells": table.num_cells},
         "bev_pool_ms": pool_ms,
         "bev_pool_shape": [channels, table.grid[0], table.grid[1]],
-        "voxelize": {"points": len(points), "points_in_range": voxels.num_points_in_range,
-                     "voxels": voxels.total_voxels, "max_points": max_points, "static_voxels": slots,
-                     "voxelize_for_deploy_ms": deploy_ms, "voxelize_ms": voxelize_ms, "pad_to_ms": pad_ms,
+        "voxelize": {"points": len(points), "points_in_range": assignment.num_points_in_range,
+                     "voxels": total_voxels, "max_points": max_points, "static_voxels": slots,
+                     "voxelize_for_deploy_ms": deploy_ms, "assign_ms": assign_ms, "fill_ms": fill_ms,
                      "scatter_ms": scatter_ms},
         "repeat": args.repeat,
         "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -124,7 +129,7 @@ def main() -> None:
     camera = result.get("camera_graph_f32_ms")
     print(f"pool table {result['pool_table']['build_ms']} ms ({table.num_points} points in grid, "
           f"{table.num_pairs} cell-pixel pairs, {table.num_cells} cells); bev_pool {pool_ms} ms\n"
-          f"voxelize_for_deploy {deploy_ms} ms (voxelize {voxelize_ms} + pad_to {pad_ms}; {voxels.total_voxels} voxels "
+          f"voxelize_for_deploy {deploy_ms} ms (assign {assign_ms} + fill {fill_ms}; {total_voxels} voxels "
           f"from {len(points)} points); scatter {scatter_ms} ms\ncamera graph f32: {'skipped (no --onnx)' if camera is None else f'{camera} ms'}"
           f"\n-> {args.out}")
 

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 
-from export import run, synthetic_export  # benchmarks/export.py: bevport commands in fresh processes
+from export import host, run, synthetic_export  # benchmarks/export.py: bevport commands in fresh processes
 
-GRAPH_STAGES = ("camera", "lidar_pfe_static", "fuser", "head")
 
 
 def main() -> None:
@@ -41,7 +38,7 @@ def main() -> None:
         summary = json.loads((tmp / "ir" / "quantize.json").read_text())
         report = json.loads((tmp / "ir" / "report.json").read_text())
         calib_bytes = sum(p.stat().st_size for p in (tmp / "calib").rglob("*.npz"))
-    fp32_inference = sum(manifest["seconds"].get(stage, 0.0) for stage in GRAPH_STAGES)
+    fp32_inference = sum(manifest["seconds"].get(graph, 0.0) for graph in manifest["graphs"])
     total = calib_s + quant_s
     result = {
         "benchmark": f"bevport calibrate ({args.frames} + {args.holdout} held-out synthetic frames) + quantize",
@@ -55,8 +52,7 @@ def main() -> None:
         "fp32_inference_share": round(fp32_inference / total, 3),
         "int8_latency_ms": {g: r["latency"]["int8 (default)"]["median_ms"] for g, r in report["graphs"].items()},
         "fp32_f32_latency_ms": {g: r["latency"]["fp32 (f32)"]["median_ms"] for g, r in report["graphs"].items()},
-        "host": {"cpu": report["device_name"], "cores": os.cpu_count(), "python": platform.python_version(),
-                 "openvino": summary["versions"]["openvino"], "nncf": summary["versions"]["nncf"]},
+        "host": dict(host(), nncf=summary["versions"]["nncf"]),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"calibrate {calib_s:.1f} s ({calib_mib:.0f} MiB peak), quantize {quant_s:.1f} s ({quant_mib:.0f} MiB peak); "

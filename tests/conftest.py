@@ -5,16 +5,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference"
+DATA = ROOT / "tests" / "data"
 CONFIG_CHAIN = ROOT / "tests" / "data" / "configs" / "V2X-I" / "det" / "centerhead" / "lssfpn" / \
     "camera+pointpillar" / "resnet34" / "default.yaml"
 
 
-def reference_file(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the tests need ../shared/reference beside the checkout")
-    return path
+def data_file(name: str) -> list[str]:
+    """The non-blank lines of tests/data/<name>, without `#` comment lines (the header naming the source)."""
+    lines = (DATA / name).read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 @pytest.fixture(scope="session")

@@ -21,9 +21,14 @@ def encode(recipe, contract, boxes: Sequence[Tuple[float, ...]], labels: Sequenc
     cell = coder.out_size_factor * coder.voxel_size[0]
     spec = contract["head"]
     out = {t.name: np.zeros(t.shape, np.float32) for t in spec.outputs}
-    by_role = {t.role: t.name for t in spec.outputs}
-    for name in (by_role[(t, "heatmap")] for t in range(len(recipe.model.head.tasks))):
-        out[name][:] = BACKGROUND_LOGIT
+    layout = contract.head_layout()        # per task: attribute -> (tensor, first channel, end channel)
+
+    def channels(task, attr):
+        name, start, stop = layout[task][attr]
+        return out[name][0, start:stop]
+
+    for task in range(len(layout)):
+        channels(task, "heatmap")[:] = BACKGROUND_LOGIT
     first_label = np.cumsum([0] + [len(t) for t in recipe.model.head.tasks])
     for (x, y, z, dx, dy, dz, yaw), label in zip(boxes, labels):
         task = int(np.searchsorted(first_label, label, side="right") - 1)
@@ -31,10 +36,10 @@ def encode(recipe, contract, boxes: Sequence[Tuple[float, ...]], labels: Sequenc
         row, col = int(np.floor(fx)), int(np.floor(fy))
         values = {"heatmap": None, "reg": (fx - row, fy - col), "height": (z,), "dim": np.log([dx, dy, dz]),
                   "rot": (np.sin(yaw), np.cos(yaw)), "vel": (0.0, 0.0)}
-        out[by_role[(task, "heatmap")]][0, label - first_label[task], row, col] = PEAK_LOGIT
+        channels(task, "heatmap")[label - first_label[task], row, col] = PEAK_LOGIT
         for attr, value in values.items():
             if value is not None:
-                out[by_role[(task, attr)]][0, :, row, col] = value
+                channels(task, attr)[:, row, col] = value
     return out
 
 

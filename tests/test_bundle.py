@@ -18,6 +18,7 @@ import pytest
 from bevport.bundle import (BundleError, archive_path, build_bundle, extras_path, is_volatile_key, split_volatile,
                             timings_path, verify_bundle, write_archive)
 from bevport.contract import build_contract
+from bevport.runtime.graphs import source_graph
 
 CKPT_SHA = "ab" * 32
 CALIB_SHA = "cd" * 32
@@ -45,11 +46,11 @@ def make_run(root: Path, recipe, timing: float = 1.0) -> dict:
         "recipe": recipe.name, "recipe_origin": str(root / "recipe.yaml"),
         "checkpoint": {"path": str(root / "ckpt.pth"), "sha256": CKPT_SHA}, "sparsity": False,
         "files": onnx_sha, "environment": {"python": "3.8.18", "torch": "1.11.0"}})
-    _write(onnx / "parity.json", {"tolerance": 1e-4, "passed": True, "graphs": {
+    _write(onnx / "parity.json", {"factor": 20.0, "floor": 1e-5, "passed": True, "graphs": {
         spec.key: {"file": spec.file, "passed": True, "seed": 0, "outputs": {
             t.name: {"max_abs_error": 1e-5 * (i + 1), "max_rel_error": 2e-6 * (i + 1), "passed": True}
             for i, t in enumerate(spec.outputs)}} for spec in contract}})
-    sources = {g: contract[q["source"]].file for g, q in recipe.quantize.graphs.items()}
+    sources = {g: contract[source_graph(recipe, g)].file for g in recipe.quantize.graphs}
     _write(calib / "manifest.json", {"sha256": CALIB_SHA, "onnx": {
         "folder": str(onnx), "files": {f: onnx_sha[f] for f in sources.values()}}})
     graphs, report_graphs = {}, {}
@@ -174,6 +175,7 @@ def test_layout_names_and_manifest(bundle, recipe, run):
     assert manifest["provenance"] == {"onnx_to_int8": "calibration manifest"}
     figures = manifest["figures"]
     assert figures["parity"]["graphs"]["camera"]["worst_rel_error"] == pytest.approx(4e-6)
+    assert figures["parity"]["gate"] == {"factor": 20.0, "floor": 1e-5}
     assert figures["quantization"]["graphs"]["head"]["out"] == {"cosine": 0.99, "snr_db": 25.5}
     assert figures["validate"]["passed"] is True and figures["validate"]["boxes"]["matched_fraction"] == 0.8
     assert figures["bench"]["precisions"] == ["fp32", "int8"] and "fps" not in json.dumps(figures["bench"])

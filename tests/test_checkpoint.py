@@ -10,7 +10,7 @@ from bevport.checkpoint import (Opaque, load_weights, looks_sparse_trained, read
                                 sparsity_eligible, sparsity_mask)
 from bevport.errors import CheckpointError
 from bevport.models.v2xfusion import V2XFusion
-from conftest import reference_file
+from conftest import data_file
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_other_bev_grid_is_caught(recipe, state, tmp_path):
 
 
 def test_sparsity_rule_matches_reference(recipe):
-    expected = reference_file("sparsity_eligible.txt").read_text().split()
+    expected = data_file("sparsity_eligible.txt")
     assert sparse_layers(fresh(recipe)) == expected
     assert not sparsity_eligible((64, 3, 7, 7)) and not sparsity_eligible((256, 768, 1, 1))
     assert sparsity_eligible((512, 4096, 1, 1)) and not sparsity_eligible((512, 1024, 1, 1))

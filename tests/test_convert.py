@@ -358,3 +358,193 @@ def test_demo_checkpoint_is_drawn_in_the_export_image_when_docker_runs(tmp_path,
     assert kwargs["volumes"] == {str(out.parent.resolve()): {"bind": "/work", "mode": "rw"}}
     run.synthetic_checkpoint(out, "docker")                 # up to date: no second container
     assert len(containers) == 1
+
+
+# ------------------------------------------------------------------ defaults written once; the tasks only compose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_frame_counts_default_to_the_recipe(request_paths):
+    from bevport.recipe import DEFAULT_RECIPE, load_recipe
+
+    quantize = load_recipe(DEFAULT_RECIPE).quantize
+    req = ConvertRequest(request_paths.ckpt, request_paths.work, request_paths.dist, data=request_paths.data)
+    assert req.recipe == DEFAULT_RECIPE and req.num_samples is None and req.holdout is None
+    calibrate = [str(a) for a in _step(req, "calibrate").argv]
+    assert calibrate[calibrate.index("--num-samples") + 1] == str(quantize.calibration_frames)
+    assert calibrate[calibrate.index("--holdout") + 1] == str(quantize.holdout_frames)
+    for name in ("validate", "bench", "pictures"):
+        argv = [str(a) for a in _step(req, name).argv]
+        assert argv[argv.index("--first-frame") + 1] == str(quantize.calibration_frames + quantize.holdout_frames)
+    req.num_samples = 10                                  # one count given, the other still the recipe's
+    argv = [str(a) for a in _step(req, "validate").argv]
+    assert argv[argv.index("--first-frame") + 1] == str(10 + quantize.holdout_frames)
+
+
+def test_preflight_refuses_an_unknown_recipe_before_anything_runs(request_paths):
+    from bevport.errors import RecipeError
+
+    request_paths.recipe = "no-such-recipe"
+    with pytest.raises(RecipeError):
+        preflight(request_paths)
+    assert not request_paths.work.exists()
+
+
+def test_the_default_recipe_name_is_written_only_in_recipe_py():
+    from bevport.recipe import DEFAULT_RECIPE
+
+    sources = [p for p in (ROOT / "src").rglob("*.py") if "recipes" not in p.relative_to(ROOT).parts]
+    holders = sorted(str(p.relative_to(ROOT)) for p in sources + [ROOT / "tasks.py"] if DEFAULT_RECIPE in p.read_text())
+    assert holders == ["src/bevport/recipe.py"]
+
+
+def _tasks_module():
+    import importlib.util
+
+    pytest.importorskip("invoke")
+    spec = importlib.util.spec_from_file_location("bevport_tasks", ROOT / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _recording_context():
+    import invoke
+
+    class Recording(invoke.Context):
+        def run(self, command, **kwargs):
+            self.ran.append((self.cwd, command))
+
+    c = Recording()
+    c.ran = []
+    return c
+
+
+def test_tasks_leave_defaults_to_the_cli_and_pass_what_is_given():
+    import shlex
+
+    tasks = _tasks_module()
+    c = _recording_context()
+    tasks.calibrate(c)
+    tasks.synth_data(c)
+    tasks.bench(c, bundle="dist/b")
+    tasks.calibrate(c, recipe="other", num_samples="32")
+    tasks.synth_data(c, frames="40")
+    (calibrate, synth, bench, calibrate_given, synth_given) = [shlex.split(cmd)[3:] for _, cmd in c.ran]
+    assert calibrate == ["calibrate", "--onnx", "work/onnx", "--out", "work/calib"]
+    assert synth == ["synth-data", "--out", "work/demo/scenes", "--overwrite"]
+    assert bench == ["bench", "--bundle", "dist/b"]                        # `invoke bench` is `bevport bench`
+    assert calibrate_given[:3] == ["calibrate", "--recipe", "other"] and "--num-samples" in calibrate_given
+    assert synth_given[:3] == ["synth-data", "--frames", "40"]
+    assert "benchmark" not in tasks.ns.tasks and "benchmarks" in tasks.ns.tasks
+
+
+def test_no_task_writes_a_default_that_belongs_to_the_cli_or_the_recipe():
+    import inspect
+
+    tasks = _tasks_module()
+    leave_to_bevport = {"recipe", "num_samples", "holdout", "frames", "seed", "device"}
+    demo = {"frames"}                        # the demo's smaller frame count is a deliberate demo setting
+    for name, task in tasks.ns.tasks.items():
+        for param in inspect.signature(task.body).parameters.values():
+            if param.name in leave_to_bevport and not (name == "demo" and param.name in demo):
+                assert param.default is None, f"invoke {name} --{param.name} defaults to {param.default!r}"
+    assert "recipe" in inspect.signature(tasks.convert.body).parameters
+
+
+def test_benchmarks_task_runs_the_scripts_in_benchmarks():
+    tasks = _tasks_module()
+    c = _recording_context()
+    tasks.benchmarks(c)
+    scripts = [cmd.split()[1] for _, cmd in c.ran]
+    assert scripts == ["benchmarks/export.py", "benchmarks/parity.py", "benchmarks/pool.py", "quantize.py", "infer.py"]
+    assert all((ROOT / "benchmarks" / Path(s).name).is_file() for s in scripts)
+    assert c.ran[3][0] == str(ROOT / "benchmarks")
+
+
+def test_convert_task_builds_a_request_with_the_recipe_defaults(tmp_path, monkeypatch):
+    from bevport.convert import run
+    from bevport.recipe import DEFAULT_RECIPE
+
+    tasks = _tasks_module()
+    seen = []
+    monkeypatch.setattr(run, "run_convert", lambda req, *args, **kwargs: seen.append(req) or {})
+    tasks.convert(_recording_context(), ckpt=str(tmp_path / "x.pth"), work=str(tmp_path / "w"))
+    tasks.convert(_recording_context(), ckpt=str(tmp_path / "x.pth"), recipe="other", num_samples="12", holdout="3",
+                  device="GPU")
+    default, given = seen
+    assert (default.recipe, default.num_samples, default.holdout, default.device) == (DEFAULT_RECIPE, None, None,
+                                                                                      "CPU")
+    assert (given.recipe, given.num_samples, given.holdout, given.device) == ("other", 12, 3, "GPU")
+
+
+# ------------------------------------------------------------------ images.* helpers (moved out of tasks.py)
+
+def test_image_bases_follow_base_from_and_overrides():
+    from bevport.convert import images
+
+    assert images.base_image("export") is None and images.base_image("runtime") is None     # Dockerfile defaults
+    assert images.base_image("export", "debian-mirror") == "bevport-base:bullseye"
+    assert images.base_image("runtime", "debian-mirror") == "bevport-base:bookworm"
+    assert images.base_image("runtime", "debian-mirror", "my/base:1") == "my/base:1"
+    with pytest.raises(RunnerError, match="--base-from must be"):
+        images.base_image("export", "dockerhub")
+    assert images.image_kinds("both") == ("export", "runtime") and images.image_kinds("runtime") == ("runtime",)
+    with pytest.raises(RunnerError, match="export, runtime or both"):
+        images.image_kinds("gpu")
+    assert images.image_build_args("runtime", "intel") == {"GPU_RUNTIME": "intel"}
+    assert images.image_build_args("export", "intel") == {}
+    with pytest.raises(RunnerError, match="--gpu-runtime"):
+        images.image_build_args("runtime", "nvidia")
+
+
+def test_build_images_checks_everything_before_the_first_build(monkeypatch):
+    from bevport.convert import images
+
+    calls = []
+    monkeypatch.setattr(images, "build_image", lambda client, kind, base, ca, progress, extra: calls.append(
+        (kind, base, ca, extra)) or f"sha256:{kind}")
+    assert images.build_images(None, "both", "debian-mirror", None, "intel", {"export": "my/base:1"}) == \
+        {"export": "sha256:export", "runtime": "sha256:runtime"}
+    assert calls == [("export", "my/base:1", None, None),
+                     ("runtime", "bevport-base:bookworm", None, {"GPU_RUNTIME": "intel"})]
+    with pytest.raises(RunnerError):
+        images.build_images(None, "both", "registry", gpu_runtime="nvidia")
+    assert len(calls) == 2
+
+
+def test_bootstrap_bases_keeps_present_bases_unless_forced(tmp_path, monkeypatch):
+    from bevport.convert import images
+
+    class Images:
+        def list(self, name):
+            return ["present"] if name == "bevport-base:bullseye" else []
+
+    class Client:
+        images = Images()
+
+    made = []
+    monkeypatch.setattr(images, "bootstrap_base", lambda client, suite, mirror, tag, workdir, packages, progress:
+                        made.append((suite, tag, packages)) or f"sha256:{suite}")
+    assert images.bootstrap_bases(Client(), tmp_path / "rootfs") == {"bevport-base:bullseye": None,
+                                                                     "bevport-base:bookworm": "sha256:bookworm"}
+    assert made == [("bookworm", "bevport-base:bookworm", images.BASE_PACKAGES)]
+    images.bootstrap_bases(Client(), tmp_path / "rootfs", ["bullseye"], force=True)
+    assert made[-1][:2] == ("bullseye", "bevport-base:bullseye") and (tmp_path / "rootfs").is_dir()
+
+
+def test_lock_commands_resolve_each_lock_for_its_images_python():
+    from bevport.convert.images import lock_commands
+
+    commands = {cmd[cmd.index("-o") + 1]: cmd for cmd in lock_commands()}
+    req = "docker/requirements"
+    assert list(commands) == [f"{req}/{n}.txt" for n in ("export", "export-build", "export-sources", "runtime")]
+    assert all(cmd[:3] == ["uv", "pip", "compile"] and "--generate-hashes" in cmd for cmd in commands.values())
+    assert all((ROOT / cmd[3]).is_file() for cmd in commands.values())               # every .in file exists
+    python = {out: cmd[cmd.index("--python-version") + 1] for out, cmd in commands.items()}
+    assert python == {f"{req}/export.txt": "3.8", f"{req}/export-build.txt": "3.8",
+                      f"{req}/export-sources.txt": "3.8", f"{req}/runtime.txt": "3.11"}
+    build = commands[f"{req}/export-build.txt"]
+    assert build[build.index("-c") + 1] == f"{req}/export.txt"
+    assert "--no-deps" in commands[f"{req}/export-sources.txt"] and "--no-deps" not in commands[f"{req}/export.txt"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bevport.contract import build_contract
+from bevport.errors import RecipeError
 from bevport.runtime.decode import Detections, decode, decode_task, top_k
 from bevport.runtime.nms import circle_nms, rotate_nms, rotated_iou_bev, xywhr_to_xyxyr
 
@@ -39,7 +40,12 @@ def plant(task, cls, row, col, logit, reg=(0.0, 0.0), height=0.0, dims=(1.0, 1.0
 
 
 def by_name(contract, tasks):
-    return {spec.name: tasks[spec.role[0]][spec.role[1]] for spec in contract["head"].outputs}
+    """Per-task attribute arrays -> the head tensors by name, whichever head layout the contract has."""
+    out = {t.name: np.zeros(t.shape, np.float32) for t in contract["head"].outputs}
+    for t, attributes in enumerate(contract.head_layout()):
+        for attr, (name, start, stop) in attributes.items():
+            out[name][:, start:stop] = tasks[t][attr]
+    return out
 
 
 def with_head(recipe, **sections):
@@ -78,6 +84,44 @@ def test_task1_labels_are_offset_and_tasks_are_merged_in_order(recipe, contract)
     # decode_task keeps task-local labels and the centre z
     local = decode_task(t1, recipe, 1)
     assert local.labels.tolist() == [2] and local.boxes[0, 2] == pytest.approx(0.0)
+
+
+PACKED_ORDER = ["reg", "height", "dim", "rot", "vel", "heatmap"]
+
+
+def packed_recipe(recipe):
+    """The V2X recipe with its head exported as one tensor, each task's attributes concatenated along channels."""
+    data = recipe.to_dict()
+    data["export"]["graphs"]["head"]["outputs"] = {"tensor": "head_out", "order": PACKED_ORDER}
+    return type(recipe)(data, "packed head")
+
+
+def test_packed_head_layout_slices_channels_task_by_task(recipe):
+    contract = build_contract(packed_recipe(recipe))
+    (out,) = contract["head"].outputs
+    assert out.name == "head_out" and out.shape == (1, 30, 128, 128)   # 2 tasks x (2+1+3+2+2 + 5 classes)
+    layout = contract.head_layout()
+    assert layout[0]["reg"] == ("head_out", 0, 2) and layout[0]["heatmap"] == ("head_out", 10, 15)
+    assert layout[1]["reg"] == ("head_out", 15, 17) and layout[1]["heatmap"] == ("head_out", 25, 30)
+
+
+def test_packed_head_decodes_like_one_tensor_per_attribute(recipe, contract):
+    t0, t1 = blank_task(recipe), blank_task(recipe)
+    plant(t0, 1, 30, 90, logit=2.5, reg=(0.5, 0.5), height=0.4, dims=(4.2, 1.9, 1.6), yaw=0.3)
+    plant(t1, 3, 70, 20, logit=1.5, reg=(0.1, 0.9), height=-0.5, dims=(0.6, 0.6, 1.7), yaw=-1.2)
+    packed = np.concatenate([t[a] for t in (t0, t1) for a in PACKED_ORDER], axis=1)
+    separate = decode(by_name(contract, [t0, t1]), recipe, contract)
+    together = decode({"head_out": packed}, recipe, build_contract(packed_recipe(recipe)))
+    assert len(separate) == 2
+    np.testing.assert_array_equal(together.boxes, separate.boxes)
+    np.testing.assert_array_equal(together.labels, separate.labels)
+
+
+def test_packed_head_layout_is_checked(recipe):
+    data = recipe.to_dict()
+    data["export"]["graphs"]["head"]["outputs"] = {"tensor": "head_out", "order": PACKED_ORDER[:-1]}
+    with pytest.raises(RecipeError, match=r"export\.graphs\.head\.outputs"):
+        type(recipe)(data, "bad packed head")
 
 
 def test_score_threshold_is_strict(recipe):

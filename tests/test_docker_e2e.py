@@ -9,6 +9,16 @@ import pytest
 from bevport.bundle import verify_bundle
 from bevport.convert.plan import ConvertRequest
 from bevport.convert.run import run_convert
+from bevport.convert.runner import docker_client, image_tag
+
+
+def importable(client, kind: str, *modules: str) -> dict:
+    """{module: whether `python3` in image `kind` can import it}, asked in a throwaway container of that image."""
+    code = ("import importlib.util, json, sys; "
+            "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))")
+    out = client.containers.run(image_tag(kind), ["python3", "-c", code, *modules], remove=True,
+                                network_disabled=True)
+    return json.loads(out.decode().strip().splitlines()[-1])
 
 
 @pytest.mark.docker
@@ -31,7 +41,11 @@ def test_convert_in_docker_gives_a_verified_bundle(synthetic_ckpt, scenes, tmp_p
     environment = json.loads((tmp_path / "work" / "environment.json").read_text())
     labels = environment["images"]["export"]["labels"]
     assert labels["io.bevport.python"].startswith("3.") and "org.opencontainers.image.revision" in labels
-    assert "torch" not in environment["images"]["runtime"]["labels"].get("io.bevport.image", "")
+    # torch asked of each image's own interpreter, not read from a label: absent from the runtime image, and present
+    # in the export image (so the question can answer both ways); bevport present in both (the right interpreter)
+    client = docker_client()
+    assert importable(client, "runtime", "bevport", "torch") == {"bevport": True, "torch": False}
+    assert importable(client, "export", "bevport", "torch") == {"bevport": True, "torch": True}
     # a rerun with nothing changed starts no container
     assert set(run_convert(req, "docker").values()) == {"skipped"}
 
@@ -39,7 +53,7 @@ def test_convert_in_docker_gives_a_verified_bundle(synthetic_ckpt, scenes, tmp_p
 @pytest.mark.docker
 def test_saved_runtime_image_loads_back_and_a_damaged_copy_is_refused(tmp_path):
     from bevport.convert.images import load_images, save_images
-    from bevport.convert.runner import RunnerError, docker_client
+    from bevport.convert.runner import RunnerError
 
     client = docker_client()
     saved = save_images(client, tmp_path / "images", kinds=("runtime",))

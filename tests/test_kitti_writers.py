@@ -9,7 +9,8 @@ import pytest
 from bevport.data.calib import Calibration
 from bevport.data.kitti import KittiObject, read_label_file, write_label_file
 from bevport.data.scenes import CameraRig, kitti_object as scene_label, make_scene
-from bevport.runtime.kitti import (deploy_lines, kitti_class_labels, kitti_objects, kitti_to_lidar_boxes, wrap_angle,
+from bevport.geometry.boxes import wrap_angle
+from bevport.runtime.kitti import (deploy_lines, kitti_class_labels, kitti_objects, kitti_to_lidar_boxes,
                                    write_predictions)
 
 CLASS_NAMES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",

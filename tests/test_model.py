@@ -6,11 +6,11 @@ import torch
 
 from bevport.models.synthetic import synthetic_state_dict
 from bevport.models.v2xfusion import V2XFusion
-from conftest import reference_file
+from conftest import data_file
 
 
 def test_state_dict_is_key_for_key_upstream(recipe):
-    lines = [l for l in reference_file("v2xfusion_state_dict.txt").read_text().splitlines() if l.strip()]
+    lines = data_file("v2xfusion_state_dict.txt")
     mine = [f"{k} [{','.join(map(str, v.shape))}]" for k, v in V2XFusion(recipe).state_dict().items()]
     assert len(lines) == 472
     assert mine == lines

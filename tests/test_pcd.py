@@ -6,8 +6,9 @@ import struct
 import numpy as np
 import pytest
 
-from bevport.data.pcd import lzf_compress, lzf_decompress, read_bin, read_pcd, write_pcd
+from bevport.data.pcd import lzf_decompress, read_bin, read_pcd
 from bevport.errors import DatasetError
+from helpers import lzf_compress, write_pcd
 
 
 def header(fields, sizes, types, counts, n, data, width=None):

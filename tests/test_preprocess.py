@@ -1,11 +1,13 @@
 """Training-identical camera preprocessing and camera metas."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from bevport.data import Calibration
+from bevport.data import CameraView, Calibration
 from bevport.data.preprocess import (camera_metas, ground_denorm, image_tensor, img_aug_matrix, linear_resize,
                                      normalize, resize_params)
 from bevport.errors import DatasetError
@@ -142,7 +144,7 @@ def test_camera_metas(recipe):
     rotation, translation = pitched_camera(12.0, 5.0)
     k = np.array([[2000.0, 0.0, 960.0], [0.0, 2000.0, 540.0], [0.0, 0.0, 1.0]])
     calib = Calibration.from_dair(k.ravel(), rotation, translation)
-    metas = camera_metas(recipe, calib)
+    metas = camera_metas(recipe, CameraView.from_kitti("0", "camera", Path("0.jpg"), calib))
     for m in (metas.intrinsics, metas.camera2lidar, metas.img_aug, metas.lidar_aug, metas.denorm):
         assert m.dtype == np.float32
     expected_k = np.eye(4)

@@ -15,8 +15,9 @@ from bevport.geometry.voxelize import voxelize_for_deploy
 from bevport.quantize.calibrate import load_feed
 from bevport.quantize.ptq import quantize
 from bevport.runtime.graphs import check_ports
+from bevport.runtime.precision import pinned_hint
 
-GRAPHS = ("camera", "lidar_pfe", "fuser", "head")
+GRAPHS = ("camera", "lidar_pfe", "fuser", "head")  # the V2X deploy graphs
 
 
 def _fail(argv, capsys) -> str:
@@ -35,7 +36,7 @@ def test_calibration_set_holds_each_graphs_inputs(calib, contract, recipe):
     assert manifest["dataset"]["synthetic"] is False and manifest["warning"] is None
     assert all(4000 < f["pillars"] <= 7000 and f["dropped_pillars"] == 0 for f in manifest["frames"])
     for graph in GRAPHS:
-        spec = contract[recipe.quantize.graphs[graph].source]
+        spec = contract[graph]
         feed = load_feed(calib / graph / "000001.npz")
         assert sorted(feed) == sorted(t.name for t in spec.inputs)
         for t in spec.inputs:
@@ -76,7 +77,8 @@ def test_frames_beyond_the_static_voxel_count_are_reported(exported, tmp_path, c
           "--out", str(out)])
     assert "beyond V=7000 are dropped" in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["frames_with_dropped_pillars"] == 2
+    assert sum(1 for f in manifest["frames"] if f["dropped_pillars"]) == 2
+    assert manifest["settings"] == {"static_voxels": 7000, "intensity_scale": 1.0}
     assert all(f["pillars"] - f["dropped_pillars"] == 7000 for f in manifest["frames"])
 
 
@@ -143,12 +145,19 @@ def test_quantize_writes_fp32_and_int8_irs_with_the_deploy_names(quantized, cont
     counts = {g: summary["graphs"][g]["fake_quantize_ops"] for g in GRAPHS}
     assert counts["camera"] > 30 and counts["fuser"] > 10 and counts["head"] > 10
     assert counts["lidar_pfe"] == 0  # the decoration path and its MatMul stay FP32 (recipe ignored scope)
+    # ... so its IR is an FP32 graph, pinned to f32 in its rt_info; the quantized ones keep the device default
+    precisions = {g: summary["graphs"][g]["inference_precision"] for g in GRAPHS}
+    assert precisions == {"camera": "default", "lidar_pfe": "f32", "fuser": "default", "head": "default"}
+    core = ov.Core()
+    for graph, expected in precisions.items():
+        model = core.read_model(str(quantized / f"{recipe.quantize.graphs[graph].ir}.xml"))
+        assert pinned_hint(model) == (None if expected == "default" else expected)
 
 
 def test_int8_irs_load_and_run_with_the_contracts_ports(quantized, calib, contract, recipe):
     core = ov.Core()
     for graph in GRAPHS:
-        spec = contract[recipe.quantize.graphs[graph].source]
+        spec = contract[graph]
         path = quantized / f"{recipe.quantize.graphs[graph].ir}.xml"
         model = core.read_model(str(path))
         check_ports(model, spec, path)
@@ -229,4 +238,4 @@ def test_intensity_converted_to_unit_range_is_caught_and_rescaled(exported, scen
     rescaled = load_feed(tmp_path / "raw" / "lidar_pfe" / "000000.npz")["features"]
     original = load_feed(calib / "lidar_pfe" / "000000.npz")["features"]
     np.testing.assert_allclose(rescaled, original, rtol=1e-6, atol=1e-4)
-    assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["intensity_scale"] == 255.0
+    assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["settings"]["intensity_scale"] == 255.0

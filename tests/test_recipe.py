@@ -6,6 +6,8 @@ import yaml
 from bevport.configchain import chain_files, load_config_chain
 from bevport.contract import build_contract
 from bevport.errors import RecipeError
+from bevport.geometry.lss import depth_bins
+from bevport.pipelines.v2xfusion import camera_stride
 from bevport.recipe import RECIPE_DIR, load_recipe
 from conftest import CONFIG_CHAIN
 
@@ -20,8 +22,8 @@ def write_recipe(tmp_path, edit):
 
 def test_recipe_numbers(recipe):
     assert recipe.bev_shape == [128, 128]
-    assert recipe.num_height_bins == 90
-    assert recipe.camera_stride == 16
+    assert depth_bins(recipe.model.camera.vtransform) == 90
+    assert camera_stride(recipe) == 16
     assert list(recipe.model.camera.vtransform.dbound) == [-2.0, 0.0, 90]
     assert recipe.class_names[:2] == ["car", "truck"] and len(recipe.class_names) == 10
 
@@ -32,9 +34,9 @@ def test_contract_matches_deploy_binary(recipe):
                                    "head.onnx"]
     assert [(t.name, t.shape) for t in c["camera"].outputs] == [("camera_feature", (1, 80, 54, 96)),
                                                                  ("camera_depth_weights", (1, 90, 54, 96))]
-    assert [(t.name, t.shape, t.dtype) for t in c["lidar_pfe_static"].inputs] == [
+    assert [(t.name, t.shape, t.dtype) for t in c["lidar_pfe"].inputs] == [
         ("features", (7000, 100, 4), "float32"), ("num_voxels", (7000,), "int32"), ("coors", (7000, 4), "int32")]
-    assert c["lidar_pfe"].inputs[0].shape == ("V", 100, 4)
+    assert c["lidar_pfe_dynamic"].inputs[0].shape == ("V", 100, 4)
     assert [t.name for t in c["fuser"].inputs] == ["cam_bev", "lidar_bev"]
     assert [t.name for t in c["head"].outputs] == ["score", "reg", "height", "dim", "rot", "vel",
                                                     "score2", "reg2", "height2", "dim2", "rot2", "vel2"]
@@ -102,7 +104,7 @@ model:
         dbound: [-1.5, 3.0, 180]
 """)
     r = load_recipe("v2xfusion-pp-r34", path)
-    assert r.num_height_bins == 180 and list(r.input.image_size) == [640, 1152]
+    assert depth_bins(r.model.camera.vtransform) == 180 and list(r.input.image_size) == [640, 1152]
     c = build_contract(r)
     assert c["camera"].inputs[0].shape == (1, 3, 640, 1152)
     assert c["camera"].outputs[1].shape == (1, 180, 40, 72)

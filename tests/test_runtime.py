@@ -55,7 +55,7 @@ def test_infer_runs_the_bundle_and_writes_predictions_pictures_and_video(planted
     summary = json.loads((preds / "infer.json").read_text())
     assert summary["frames"] == ["000000", "000001"]
     assert {s["precision"] for s in summary["stages"].values()} == {"int8"}
-    for stage in ("camera", "lidar_pfe_static", "fuser", "head", "bev_pool", "decode", "frame"):
+    for stage in ("camera", "lidar_pfe", "fuser", "head", "prepare", "bev_pool", "scatter", "decode", "frame"):
         assert summary["seconds"][stage]["median_ms"] > 0
     # the deploy binary's LiDAR-frame lines: Class 0 0 0 0 0 0 0 h l w x y z yaw score
     lines = [line.split() for line in (preds / "lidar" / "000001.txt").read_text().splitlines()]
@@ -82,14 +82,23 @@ def _has_pyav() -> bool:
     return True
 
 
-def test_stage_precisions_follow_the_deploy_binary_flags(quantized, scenes, tmp_path):
+def test_graph_precisions_follow_the_flags(quantized, scenes, tmp_path, capsys):
     preds = tmp_path / "p"
-    main(["infer", "--bundle", str(quantized), "--data", str(scenes), "--num-samples", "1", "--fp32",
-          "--int8-fuser", "--pred-dir", str(preds), "--no-cache", "-q"])
+    main(["infer", "--bundle", str(quantized), "--data", str(scenes), "--num-samples", "1", "--int8-graphs",
+          "fuser,lidar_pfe", "--pred-dir", str(preds), "--no-cache", "-q"])
     stages = json.loads((preds / "infer.json").read_text())["stages"]
     assert {k: v["precision"] for k, v in stages.items()} == \
-        {"camera": "fp32", "lidar_pfe_static": "fp32", "fuser": "int8", "head": "fp32"}
+        {"camera": "fp32", "lidar_pfe": "int8", "fuser": "int8", "head": "fp32"}
     assert stages["camera"]["file"] == "camera.backbone.xml"    # FP32 IR when the ONNX is not in the folder
+    # the INT8 PFE is an FP32 graph pinned to f32 in its IR; quantized graphs take the device default
+    assert {k: v["inference_precision"] for k, v in stages.items()} == \
+        {"camera": "f32", "lidar_pfe": "f32", "fuser": "default", "head": "f32"}
+    main(["infer", "--bundle", str(quantized), "--data", str(scenes), "--num-samples", "1", "--fp32",
+          "--inference-precision", "default", "--pred-dir", str(preds), "--no-cache", "-q"])
+    stages = json.loads((preds / "infer.json").read_text())["stages"]
+    assert {v["inference_precision"] for v in stages.values()} == {"default"}
+    err = _fail(["infer", "--bundle", str(quantized), "--data", str(scenes), "--int8-graphs", "camera,pfe"], capsys)
+    assert "--int8-graphs names pfe" in err and "camera, lidar_pfe, fuser, head" in err
 
 
 def test_missing_graphs_name_the_file_and_only_the_pfe_falls_back(quantized, scenes, tmp_path, capsys):
@@ -101,11 +110,10 @@ def test_missing_graphs_name_the_file_and_only_the_pfe_falls_back(quantized, sce
           "--no-cache"])
     assert "falls back to FP32 lidar_pfe_v7000.xml" in capsys.readouterr().err
     stages = json.loads((preds / "infer.json").read_text())["stages"]
-    assert stages["lidar_pfe_static"] == {**stages["lidar_pfe_static"], "file": "lidar_pfe_v7000.xml",
-                                          "precision": "fp32"}
+    assert stages["lidar_pfe"] == {**stages["lidar_pfe"], "file": "lidar_pfe_v7000.xml", "precision": "fp32"}
     (bundle / "quantized_fuser.xml").unlink()
     err = _fail(["infer", "--bundle", str(bundle), "--data", str(scenes), "--no-cache"], capsys)
-    assert "quantized_fuser.xml is missing" in err and "only the PFE falls back" in err
+    assert "quantized_fuser.xml is missing" in err and "fuser has no FP32 fallback" in err
     err = _fail(["infer", "--bundle", str(tmp_path / "nowhere"), "--data", str(scenes)], capsys)
     assert "bundle folder not found" in err
 
@@ -182,3 +190,6 @@ def test_bench_reports_stages_fps_and_overhead(quantized, scenes, tmp_path):
         assert entry["latency"]["stages"]["camera"]["p90_ms"] >= entry["latency"]["stages"]["camera"]["median_ms"]
         assert entry["throughput"]["frames"] == 3 and entry["throughput"]["fps"] > 0
     assert report["int8_speedup"] > 1.0 and report["peak_rss_mib"] > 100
+    cpu = report["cpu"]
+    assert cpu["isa"] in ("amx", "avx512_bf16", "avx512_vnni", "avx512", "avx2_vnni", "avx2", "other", None)
+    assert cpu["default_inference_precision"] in ("f32", "bf16") and cpu["cpu_model"]

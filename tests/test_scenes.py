@@ -9,11 +9,18 @@ import numpy as np
 import pytest
 
 from bevport.data import open_dataset
-from bevport.data.scenes import (SceneParams, _angular_window, bev_overlap, box_corners, make_scene, points_in_box,
-                                 ray_box_distance, scan_pattern, wrap_angle, write_synthetic_dataset)
+from bevport.data.scenes import (SceneParams, _angular_window, bev_overlap, box_corners, make_scene, ray_box_distance,
+                                 rotate_z, scan_pattern, write_synthetic_dataset)
 from bevport.errors import DatasetError
+from bevport.geometry.boxes import wrap_angle
 
 PILLAR = 0.8
+
+
+def points_in_box(points: np.ndarray, box, margin: float = 0.0) -> np.ndarray:
+    """Mask of the points (x, y, z, ...) inside a LiDAR box (x, y, z_center, l, w, h, yaw) grown by `margin`."""
+    local = rotate_z(points[:, :3] - np.asarray(box[:3]), -box[6])
+    return np.all(np.abs(local) <= np.asarray(box[3:6]) / 2 + margin, axis=1)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ from bevport.data.scenes import make_scene
 from bevport.errors import BevportError
 from bevport.runtime import vis
 
-CLASS_NAMES = list(vis.DEFAULT_CLASS_NAMES)
+CLASS_NAMES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
+               "pedestrian", "traffic_cone"]                        # the V2XFusion recipe's classes
+RANGES = {"x_range": (0.0, 102.4), "y_range": (-51.2, 51.2)}       # and its decoding range (bbox_coder.pc_range)
 SCENE_CLASS = {"Car": "car", "Van": "car", "Truck": "truck", "Bus": "bus", "Pedestrian": "pedestrian",
                "Cyclist": "bicycle"}
 CAR, TRUCK = CLASS_NAMES.index("car"), CLASS_NAMES.index("truck")
@@ -72,38 +74,39 @@ def test_project_matches_the_scene_camera(scene):
 
 def test_bev_image_of_a_scene(scene):
     boxes, labels, scores = scene_detections(scene)
-    image = vis.bev_image(scene.points, boxes, labels, scores, boxes, labels, class_names=CLASS_NAMES)
+    image = vis.bev_image(scene.points, boxes, labels, scores, boxes, labels, class_names=CLASS_NAMES, **RANGES)
     assert image.size == (800, 800) and image.mode == "RGB"
     pixels = np.asarray(image)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
-    empty = np.asarray(vis.bev_image(None, None, [], [], class_names=CLASS_NAMES, legend=False))
-    with_points = np.asarray(vis.bev_image(scene.points, None, [], [], class_names=CLASS_NAMES, legend=False))
+    empty = np.asarray(vis.bev_image(None, None, [], [], class_names=CLASS_NAMES, **RANGES, legend=False))
+    with_points = np.asarray(vis.bev_image(scene.points, None, [], [], class_names=CLASS_NAMES, **RANGES,
+                                           legend=False))
     assert (np.any(with_points != empty, axis=-1)).sum() > 5000          # the LiDAR points are painted
-    assert colour_mask(image, vis.class_color(CAR)).sum() > 500         # the cars are drawn in the car colour
+    assert colour_mask(image, vis.class_color(CAR, CLASS_NAMES)).sum() > 500   # the cars are drawn in the car colour
 
 
 def test_planted_boxes_land_where_x_points_up_and_y_left():
     # a car at x=50, y=0 heading +x; a truck at x=50, y=20 heading +y (left)
     phys = np.array([[50.0, 0.0, -1.0, 4.5, 1.9, 1.5, 0.0], [50.0, 20.0, -1.0, 8.0, 2.5, 3.0, math.pi / 2]])
     boxes = vis.model_boxes_from_physical(phys)
-    image = vis.bev_image(None, boxes, [CAR, TRUCK], [0.9, 0.8], class_names=CLASS_NAMES, legend=False)
+    image = vis.bev_image(None, boxes, [CAR, TRUCK], [0.9, 0.8], class_names=CLASS_NAMES, **RANGES, legend=False)
     m = 800 / 102.4                                                    # pixels per metre
     col = lambda y: (51.2 - y) * m                                     # noqa: E731
     row = lambda x: (102.4 - x) * m                                    # noqa: E731
-    car = colour_mask(image, vis.class_color(CAR))
+    car = colour_mask(image, vis.class_color(CAR, CLASS_NAMES))
     c0, r0, c1, r1 = bbox(car)
     assert abs(c0 - col(0.95)) <= 2 and abs(c1 - col(-0.95)) <= 2     # width 1.9 m across the image
     assert abs(r0 - row(52.25)) <= 2 and abs(r1 - row(47.75)) <= 2    # length 4.5 m up the image
-    tick = colour_mask(image, vis._lighter(vis.class_color(CAR)))     # heading tick: centre -> front edge (up)
+    tick = colour_mask(image, vis._lighter(vis.class_color(CAR, CLASS_NAMES)))   # heading tick: centre -> front (up)
     tc0, tr0, tc1, tr1 = bbox(tick)
     assert tr1 <= row(50.0) + 2 and tr0 <= row(51.5) and abs((tc0 + tc1) / 2 - col(0.0)) <= 2
 
-    truck = colour_mask(image, vis.class_color(TRUCK))
+    truck = colour_mask(image, vis.class_color(TRUCK, CLASS_NAMES))
     c0, r0, c1, r1 = bbox(truck)
     assert abs((c0 + c1) / 2 - col(20.0)) <= 2 and (c0 + c1) / 2 < 400   # y = +20 is left of the centre line
     assert abs(c0 - col(24.0)) <= 2 and abs(c1 - col(16.0)) <= 2     # its length lies along y (heading left)
     assert abs(r0 - row(51.25)) <= 2 and abs(r1 - row(48.75)) <= 2
-    tick = colour_mask(image, vis._lighter(vis.class_color(TRUCK)))
+    tick = colour_mask(image, vis._lighter(vis.class_color(TRUCK, CLASS_NAMES)))
     tc0, _, tc1, _ = bbox(tick)
     assert tc1 <= col(20.0) + 2 and tc0 <= col(23.0)                  # heading +y points left
 
@@ -111,18 +114,18 @@ def test_planted_boxes_land_where_x_points_up_and_y_left():
 def test_ground_truth_is_drawn_in_grey_and_legend_and_scale_bar_are_drawn():
     phys = np.array([[50.0, 0.0, -1.0, 4.5, 1.9, 1.5, 0.0]])
     boxes = vis.model_boxes_from_physical(phys)
-    plain = np.asarray(vis.bev_image(None, None, [], [], class_names=CLASS_NAMES, legend=False)).astype(int)
-    gt = vis.bev_image(None, None, [], [], gt_boxes=boxes, class_names=CLASS_NAMES, legend=False)
+    plain = np.asarray(vis.bev_image(None, None, [], [], class_names=CLASS_NAMES, **RANGES, legend=False)).astype(int)
+    gt = vis.bev_image(None, None, [], [], gt_boxes=boxes, class_names=CLASS_NAMES, **RANGES, legend=False)
     c0, r0, c1, r1 = bbox(colour_mask(gt, vis.GT_COLOR))
     assert abs(r0 - 391.8) <= 2 and abs(r1 - 427.0) <= 2 and abs(c0 - 392.6) <= 2 and abs(c1 - 407.4) <= 2
 
-    legend = np.asarray(vis.bev_image(None, boxes, [CAR], [0.9], gt_boxes=boxes, class_names=CLASS_NAMES))
-    nolegend = np.asarray(vis.bev_image(None, boxes, [CAR], [0.9], gt_boxes=boxes, class_names=CLASS_NAMES,
+    legend = np.asarray(vis.bev_image(None, boxes, [CAR], [0.9], gt_boxes=boxes, class_names=CLASS_NAMES, **RANGES))
+    nolegend = np.asarray(vis.bev_image(None, boxes, [CAR], [0.9], gt_boxes=boxes, class_names=CLASS_NAMES, **RANGES,
                                         legend=False))
     corner = np.any(legend[:100, :120] != nolegend[:100, :120], axis=-1)
     assert corner.sum() > 1000                                          # the legend panel and its text
     assert (legend[:100, :120].max(axis=-1) > 200).sum() > 100          # bright text on it
-    assert colour_mask(Image.fromarray(legend[:200, :200]), vis.class_color(CAR)).sum() > 20   # the car swatch
+    assert colour_mask(Image.fromarray(legend[:200, :200]), vis.class_color(CAR, CLASS_NAMES)).sum() > 20  # car swatch
 
     # the scale bar: a 10 m (78 px) bright bar in the bottom-right corner
     bar = np.all(plain[-60:, -160:] == vis.TEXT_COLOR, axis=-1)
@@ -134,14 +137,16 @@ def test_ground_truth_is_drawn_in_grey_and_legend_and_scale_bar_are_drawn():
 
 def test_bev_intensity_colouring_and_score_threshold(scene):
     boxes, labels, scores = scene_detections(scene)
-    a = np.asarray(vis.bev_image(scene.points, boxes, labels, scores, class_names=CLASS_NAMES, color_by="height"))
-    b = np.asarray(vis.bev_image(scene.points, boxes, labels, scores, class_names=CLASS_NAMES,
+    a = np.asarray(vis.bev_image(scene.points, boxes, labels, scores, class_names=CLASS_NAMES, **RANGES,
+                                 color_by="height"))
+    b = np.asarray(vis.bev_image(scene.points, boxes, labels, scores, class_names=CLASS_NAMES, **RANGES,
                                  color_by="intensity"))
     assert np.any(a != b)
-    none = vis.bev_image(None, boxes, labels, scores, class_names=CLASS_NAMES, score_threshold=1.0, legend=False)
-    assert not colour_mask(none, vis.class_color(CAR)).any()
+    none = vis.bev_image(None, boxes, labels, scores, class_names=CLASS_NAMES, **RANGES, score_threshold=1.0,
+                         legend=False)
+    assert not colour_mask(none, vis.class_color(CAR, CLASS_NAMES)).any()
     with pytest.raises(ValueError):
-        vis.bev_image(scene.points, boxes, labels, scores, color_by="colour")
+        vis.bev_image(scene.points, boxes, labels, scores, class_names=CLASS_NAMES, **RANGES, color_by="colour")
 
 
 # --------------------------------------------------------------------------------------------------------- camera
@@ -153,7 +158,7 @@ def test_projected_box_covers_the_object_make_scene_drew(index):
     boxes, labels, scores = scene_detections(s)
     black = Image.new("RGB", s.image.size, (0, 0, 0))
     drawn = vis.camera_image(black, s.calib, boxes, labels, scores, class_names=CLASS_NAMES, show_scores=False)
-    edges = colour_mask(drawn, vis.class_color(labels[0]))
+    edges = colour_mask(drawn, vis.class_color(labels[0], CLASS_NAMES))
     obj = s.instance_map == 1
     # the silhouette of the cuboid and the outline of its 12 projected edges have the same extent
     assert np.abs(np.array(bbox(edges)) - np.array(bbox(obj))).max() <= 3
@@ -176,14 +181,14 @@ def test_camera_image_of_a_scene_and_boxes_behind_the_camera(scene):
     out = vis.camera_image(scene.image, scene.calib, behind, [CAR, CAR, CAR], [0.9, 0.9, 0.9], gt_boxes=behind,
                            class_names=CLASS_NAMES)
     assert np.array_equal(np.asarray(out), np.asarray(scene.image.convert("RGB")))
-    empty = vis.camera_image(np.asarray(scene.image), scene.calib, np.zeros((0, 9)), [], [])
+    empty = vis.camera_image(np.asarray(scene.image), scene.calib, np.zeros((0, 9)), [], [], class_names=CLASS_NAMES)
     assert np.array_equal(np.asarray(empty), np.asarray(scene.image))
 
 
 # ---------------------------------------------------------------------------------------------- frame and video
 
 def test_frame_picture_layout(scene):
-    bev = vis.bev_image(scene.points, None, [], [])
+    bev = vis.bev_image(scene.points, None, [], [], class_names=CLASS_NAMES, **RANGES)
     picture = vis.frame_picture(scene.image, bev, frame_id="000000", detections=3, latency_ms=12.5)
     cam_w = round(1920 * 800 / 1080)
     assert picture.height > 800 and picture.width > cam_w + 800

@@ -6,11 +6,31 @@ import math
 import numpy as np
 import pytest
 
-from bevport.geometry.voxelize import (pad_to, scatter, voxelize, voxelize_for_deploy, voxelize_for_recipe,
-                                      voxelize_padded)
+from bevport.geometry.voxelize import PaddedVoxels, scatter, voxelize, voxelize_for_deploy, voxelize_padded
 
 RANGE = [0.0, -51.2, -5.0, 102.4, 51.2, 3.0]
 VOXEL = [0.8, 0.8, 8.0]
+
+
+def pad_to(voxels, num_slots):
+    """The first `num_slots` voxels in the PFE layout, copied from `voxelize`'s output; rows beyond are zero."""
+    m = min(voxels.num_voxels, num_slots)
+    features = np.zeros((num_slots,) + voxels.features.shape[1:], np.float32)
+    features[:m] = voxels.features[:m]
+    num_voxels = np.zeros(num_slots, np.int32)
+    num_voxels[:m] = voxels.counts[:m]
+    coors = np.zeros((num_slots, 4), np.int32)
+    coors[:m, 1:] = voxels.coords[:m]
+    return PaddedVoxels(features, num_voxels, coors, voxels.num_voxels - m)
+
+
+def voxelize_for_recipe(recipe, points, max_points=None, max_voxels=None):
+    """`voxelize` of the recipe's first `input.point_dims` point columns; limits default to the test-time config
+    (max_num_points, max_voxels[1])."""
+    vox = recipe.model.lidar.voxelize
+    return voxelize(np.asarray(points, np.float32)[:, : recipe.input.point_dims], vox.point_cloud_range,
+                    vox.voxel_size, vox.max_num_points if max_points is None else max_points,
+                    vox.max_voxels[1] if max_voxels is None else max_voxels)
 
 
 def loop_voxelize(points, point_cloud_range, voxel_size, max_points, max_voxels):

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from bevport import __version__
 from bevport.errors import BevportError
+from bevport.recipe import DEFAULT_RECIPE
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -91,14 +92,15 @@ def cmd_synth_ckpt(args) -> None:
 
 
 def cmd_synth_data(args) -> None:
-    from bevport.data.scenes import write_synthetic_dataset
+    from bevport.formats import dataset_format
 
+    recipe = _load_recipe(args)
     with _Progress(args.quiet) as progress:
-        write_synthetic_dataset(args.out, frames=args.frames, seed=args.seed, overwrite=args.overwrite,
-                                progress=lambda done, total: progress(f"scene {done}/{total}"))
+        dataset_format(recipe).write_synthetic(args.out, args.frames, args.seed, overwrite=args.overwrite,
+                                               progress=lambda done, total: progress(f"scene {done}/{total}"))
     if not args.quiet:
         Console(highlight=False).print(f"[green]wrote[/] {args.frames} synthetic scenes (seed {args.seed}) "
-                                       f"in the KITTI layout to {args.out}")
+                                       f"in the {recipe.dataset.format} layout to {args.out}")
 
 
 def cmd_calibrate(args) -> None:
@@ -115,11 +117,9 @@ def cmd_calibrate(args) -> None:
         _loud(manifest["warning"])
     if not args.quiet:
         roles = [f["role"] for f in manifest["frames"]]
-        dropped = manifest["frames_with_dropped_pillars"]
         Console(highlight=False).print(
             f"[green]calibration set[/] {args.out}: {roles.count('calibration')} calibration + "
-            f"{roles.count('holdout')} held-out frames, {len(manifest['skipped'])} skipped, "
-            f"{dropped} with pillars beyond V={manifest['static_voxels']}")
+            f"{roles.count('holdout')} held-out frames, {len(manifest['skipped'])} skipped")
 
 
 def _loud(message: str) -> None:
@@ -162,11 +162,11 @@ def _print_quantize_summary(report, out: Path) -> None:
                                    f"(report: {out / 'report.md'})")
 
 
-def _runtime_options(args):
-    from bevport.runtime.infer import DEFAULT_CACHE, RuntimeOptions, stage_precisions
+def _runtime_options(args, recipe):
+    from bevport.runtime.infer import DEFAULT_CACHE, RuntimeOptions, graph_precisions
 
-    only = [g for g in ("camera", "pfe", "fuser", "head") if getattr(args, f"int8_{g}")]
-    int8 = stage_precisions(args.int8, args.fp32, ["lidar_pfe" if g == "pfe" else g for g in only])
+    only = [g.strip() for g in (args.int8_graphs or "").split(",") if g.strip()]
+    int8 = graph_precisions(recipe, args.int8, args.fp32, only)
     return RuntimeOptions(device=args.device, int8=int8, inference_precision=args.inference_precision,
                           cache_dir=None if args.no_cache else (args.cache_dir or DEFAULT_CACHE),
                           channel_order=args.channel_order, throughput=getattr(args, "throughput", False))
@@ -177,7 +177,7 @@ def cmd_infer(args) -> None:
 
     recipe = _load_recipe(args)
     with _Progress(args.quiet) as progress:
-        summary = run_infer(recipe, args.bundle, args.data, _runtime_options(args), num_samples=args.num_samples,
+        summary = run_infer(recipe, args.bundle, args.data, _runtime_options(args, recipe), num_samples=args.num_samples,
                             split=args.split, pred_dir=args.pred_dir, vis_dir=args.vis_dir, video=args.video,
                             on_bad_frame=args.on_bad_frame, first_frame=args.first_frame,
                             timing_in_pictures=not args.no_timing, progress=progress, warn=_warn)
@@ -194,7 +194,7 @@ def cmd_validate(args) -> None:
     recipe = _load_recipe(args)
     out = args.out or Path(args.bundle) / "validate.json"
     with _Progress(args.quiet) as progress:
-        report = run_validate(recipe, args.bundle, args.data, _runtime_options(args), out,
+        report = run_validate(recipe, args.bundle, args.data, _runtime_options(args, recipe), out,
                               num_samples=args.num_samples or 4, split=args.split, report_only=args.report_only,
                               first_frame=args.first_frame,
                               progress=progress, warn=_warn)
@@ -221,7 +221,7 @@ def cmd_bench(args) -> None:
 
         raise BevportError(f"--precision {args.precision}: expected a comma list of int8 and fp32")
     with _Progress(args.quiet) as progress:
-        report = run_bench(recipe, args.bundle, args.data, _runtime_options(args), precisions,
+        report = run_bench(recipe, args.bundle, args.data, _runtime_options(args, recipe), precisions,
                            frames=args.num_samples or 10, split=args.split, throughput_frames=args.throughput_frames,
                            first_frame=args.first_frame,
                            progress=progress, warn=_warn)
@@ -293,9 +293,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, GPU.1, AUTO ...")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--int8", action="store_true", help="every stage INT8 (the default, as the deploy binary)")
-    precision.add_argument("--fp32", action="store_true", help="every stage FP32 (then --int8-<stage> switches one on)")
-    for stage in ("camera", "pfe", "fuser", "head"):
-        p.add_argument(f"--int8-{stage}", action="store_true", help=argparse.SUPPRESS)
+    precision.add_argument("--fp32", action="store_true", help="every deploy graph FP32")
+    precision.add_argument("--int8-graphs", metavar="GRAPH[,GRAPH]",
+                           help="exactly these deploy graphs INT8, the others FP32 (e.g. camera,fuser)")
     p.add_argument("--inference-precision", choices=("f32", "default"), default="f32",
                    help="FP32 graphs at f32 (default) or at the device's default (bf16 on AMX CPUs, f16 on GPUs)")
     p.add_argument("--channel-order", choices=("training", "deploy-binary"), default="training",
@@ -308,7 +308,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default="v2xfusion-pp-r34", help="recipe name (recipes/<name>.yaml) or path")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name (recipes/<name>.yaml) or path "
+                                                            f"(default {DEFAULT_RECIPE})")
     p.add_argument("--config", type=Path, help="upstream torchpack training config to overlay on the recipe")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
@@ -333,12 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.set_defaults(func=cmd_synth_ckpt)
 
-    p = sub.add_parser("synth-data", help="write deterministic synthetic roadside scenes in the KITTI layout")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("synth-data", help="write deterministic synthetic scenes in the recipe's dataset layout")
+    _add_recipe_args(p)
+    p.add_argument("--frames", type=int, default=8, help="number of scenes (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=cmd_synth_data)
 
     p = sub.add_parser("calibrate", help="run the FP32 graphs over dataset frames and store each graph's inputs")

@@ -17,6 +17,7 @@ from bevport.bundle.archive import BundleError, default_mtime, write_archive
 from bevport.bundle.canonical import canonical_json, split_volatile
 from bevport.contract import build_contract
 from bevport.fsutil import sha256_file
+from bevport.runtime.graphs import source_graph
 
 FORMAT = "bevport-bundle"
 FORMAT_VERSION = 1
@@ -86,7 +87,7 @@ class _Inputs:
         self.recipe = recipe
         self.onnx_dir, self.ir_dir, self.calib_dir = onnx_dir, ir_dir, calib_dir
         self.onnx_files = [spec.file for spec in contract]
-        self.sources = {g: contract[recipe.quantize.graphs[g].source].file for g in recipe.quantize.graphs}
+        self.sources = {g: contract[source_graph(recipe, g)].file for g in recipe.quantize.graphs}
         self.int8 = {g: recipe.quantize.graphs[g].ir for g in recipe.quantize.graphs}
         self.ir_files = [f"{stem}{ext}" for stem in self.int8.values() for ext in (".xml", ".bin")]
         # (bundle-relative path, source) of every file the deploy tree receives
@@ -219,7 +220,7 @@ def _figures(stable: Dict[str, Dict], name: str) -> Dict[str, Any]:
     """The key figures of the run, from the reports' stable parts (wall-clock figures are in the timings file)."""
     parity = stable["parity"]
     figures: Dict[str, Any] = {"parity": {
-        "tolerance": parity.get("tolerance"), "passed": parity.get("passed"),
+        "gate": _pick(parity, ("reference", "factor", "floor")), "passed": parity.get("passed"),
         "graphs": {key: {"file": g.get("file"), "passed": g.get("passed"),
                          "worst_rel_error": max((o.get("max_rel_error", 0.0) for o in g.get("outputs", {}).values()),
                                                 default=None),
@@ -270,33 +271,12 @@ def _timing_figures(raw: Dict[str, Dict]) -> Dict[str, Any]:
 
 def _report_markdown(report: Dict[str, Any], name: str) -> str:
     """The quantization report without its latency table: drift, sizes, flags (all stable for given inputs)."""
-    frames = report.get("heldout_frames") or []
-    lines = [f"# Quantization report: {report.get('recipe')}", ""]
-    if report.get("warning"):
-        lines += [f"> **WARNING: {report['warning']}**", ""]
-    lines += [f"Reference: {report.get('reference')} ({report.get('device_name')}). Drift over {len(frames)} held-out "
-              f"frames ({', '.join(map(str, frames))}), never used for calibration "
-              f"({report.get('calibration_frames')} frames).", "",
-              "## Drift against FP32 (f32)", "",
-              "| graph | output | variant | cosine | SNR (dB) | max abs error |", "|---|---|---|---:|---:|---:|"]
-    graphs = report.get("graphs") or {}
-    for graph, g in graphs.items():
-        for out, variants in (g.get("outputs") or {}).items():
-            for label, m in variants.items():
-                snr = "identical" if m.get("snr_db") is None else f"{m['snr_db']:.1f}"
-                lines.append(f"| {graph} | {out} | {label} | {m.get('cosine', float('nan')):.6f} | {snr} | "
-                             f"{m.get('max_abs_error', float('nan')):.3g} |")
-    lines += ["", "## Size", "", "| graph | FakeQuantize ops | FP32 MB | INT8 MB |", "|---|---:|---:|---:|"]
-    for graph, g in graphs.items():
-        size = g.get("bytes") or {}
-        lines.append(f"| {graph} | {g.get('fake_quantize_ops')} | {size.get('fp32', 0) / 1e6:.1f} | "
-                     f"{size.get('int8', 0) / 1e6:.1f} |")
-    lines += ["", "## Flags", ""]
-    lines += [f"- {flag}" for flag in report.get("flags") or []] or \
-             [f"None: every INT8 output is at or above {report.get('min_snr_db')} dB SNR."]
-    lines += ["", f"Latency and speed-up of this run: `{name}.timings.json` beside the archive; the original report "
-                  f"with its latency table and chart: `{name}.extras/`."]
-    return "\n".join(lines) + "\n"
+    # Imported here: `bevport.bundle` (verify on a deployment host) should not pull in the quantize package.
+    from bevport.quantize.report import report_markdown
+
+    return report_markdown(report, latency=False, note=(
+        f"Latency and speed-up of this run: `{name}.timings.json` beside the archive; the original report with its "
+        f"latency table and chart: `{name}.extras/`."))
 
 
 def _recipe_yaml(recipe) -> bytes:

@@ -7,6 +7,9 @@
   revision, the base, the lock files' hashes and the hash of the image's sources (`revision_check` compares it).
 * `save_images` writes each image as a tarball plus SHA256SUMS and images.json (tag -> image ID); `load_images`
   refuses a tarball whose checksum, or whose loaded image ID, differs from what was recorded.
+* `build_images` / `bootstrap_bases` are what `invoke images.build` / `images.base` run: `base_image` picks what an
+  image is built on (`--base-from registry | debian-mirror`); `lock_commands` are the `uv pip compile` runs behind
+  `invoke images.lock`, each for its image's Python.
 """
 from __future__ import annotations
 
@@ -25,6 +28,68 @@ from bevport.fsutil import atomic_write_bytes, sha256_file
 ROOT = Path(__file__).resolve().parents[3]
 DOCKER_DIR = ROOT / "docker"
 CA_IN_CONTEXT = "ca/site-ca.crt"
+
+KINDS = ("export", "runtime")
+# `--base-from debian-mirror`: the Debian suite `images.base` bootstraps for each image (bullseye's python3 is 3.9,
+# the closest Debian has to the export image's Python 3.8; bookworm's 3.11 suits the runtime's current OpenVINO).
+MIRROR_SUITES = {"export": "bullseye", "runtime": "bookworm"}
+BASE_FROM = ("registry", "debian-mirror")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+BASE_PACKAGES = ["ca-certificates"]             # what a bootstrapped base needs before setup-python.sh runs
+GPU_RUNTIMES = ("debian", "intel")
+# docker/requirements/<name>.in -> <name>.txt, resolved for the Python of the image that installs it.
+LOCK_PYTHON = {"export": "3.8", "export-build": "3.8", "export-sources": "3.8", "runtime": "3.11"}
+LOCK_PLATFORM = "x86_64-manylinux_2_31"
+
+
+def image_kinds(kind: str) -> Tuple[str, ...]:
+    """`both` -> both images; `export` or `runtime` -> that one."""
+    if kind == "both":
+        return KINDS
+    if kind not in KINDS:
+        raise RunnerError(f"image kind must be export, runtime or both, got {kind!r}")
+    return (kind,)
+
+
+def base_tag(suite: str) -> str:
+    """The tag `images.base` gives a bootstrapped Debian suite."""
+    return f"bevport-base:{suite}"
+
+
+def base_image(kind: str, base_from: str = "registry", override: Optional[str] = None) -> Optional[str]:
+    """What `kind` is built on: `override` when given; else None for `registry` (the Dockerfile's pinned default) or
+    the bootstrapped bevport-base:<suite> for `debian-mirror`."""
+    if base_from not in BASE_FROM:
+        raise RunnerError(f"--base-from must be registry or debian-mirror, got {base_from!r}")
+    if kind not in KINDS:
+        raise RunnerError(f"image kind must be export or runtime, got {kind!r}")
+    if override:
+        return override
+    return base_tag(MIRROR_SUITES[kind]) if base_from == "debian-mirror" else None
+
+
+def image_build_args(kind: str, gpu_runtime: str = "debian") -> Dict[str, str]:
+    """Build arguments of one image beyond the common ones (the runtime image's GPU driver source)."""
+    if gpu_runtime not in GPU_RUNTIMES:
+        raise RunnerError(f"--gpu-runtime must be debian or intel, got {gpu_runtime!r}")
+    return {"GPU_RUNTIME": gpu_runtime} if kind == "runtime" else {}
+
+
+def lock_commands() -> List[List[str]]:
+    """The `uv pip compile` command lines (run from the checkout's root) that regenerate docker/requirements/*.txt
+    with hashes: one per .in file, for its image's Python. export.txt comes first because the compile stage's lock
+    (export-build) is constrained by it; the source-only lock (export-sources) takes no dependencies."""
+    req = Path("docker") / "requirements"
+    commands = []
+    for name, python in LOCK_PYTHON.items():
+        cmd = ["uv", "pip", "compile", str(req / f"{name}.in"), "--python-version", python,
+               "--python-platform", LOCK_PLATFORM, "--generate-hashes", "--no-header"]
+        if name.endswith("-sources"):
+            cmd.append("--no-deps")
+        if name == "export-build":
+            cmd += ["-c", str(req / "export.txt")]
+        commands.append(cmd + ["-o", str(req / f"{name}.txt")])
+    return commands
 
 
 def git_revision(root: Path = ROOT) -> Dict[str, str]:
@@ -123,6 +188,18 @@ def build_image(client, kind: str, base: Optional[str], ca_bundle: Optional[Path
     return label_interpreter(client, kind)
 
 
+def build_images(client, kind: str = "both", base_from: str = "registry", ca_bundle: Optional[Path] = None,
+                 gpu_runtime: str = "debian", bases: Optional[Dict[str, Optional[str]]] = None,
+                 progress: Callable[[str], None] = lambda m: None) -> Dict[str, str]:
+    """Build the export and/or runtime image (`kind`: export, runtime or both) on the bases `base_from` selects,
+    `bases` overriding one image's base by name; returns {kind: image ID}. Everything is checked before the first
+    build starts."""
+    kinds = image_kinds(kind)
+    chosen = {k: base_image(k, base_from, (bases or {}).get(k)) for k in kinds}
+    extra = {k: image_build_args(k, gpu_runtime) for k in kinds}
+    return {k: build_image(client, k, chosen[k], ca_bundle, progress, extra[k] or None) for k in kinds}
+
+
 def label_interpreter(client, kind: str) -> str:
     """Record the Python the image got (3.8 from python:3.8, 3.9 from Debian bullseye) as io.bevport.python: a
     label-only build on top of the image (no new layer)."""
@@ -157,6 +234,22 @@ def bootstrap_base(client, suite: str, mirror: str, tag: str, workdir: Path, pac
                                       changes=['ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
                                                'CMD ["/bin/bash"]'])
     return client.images.get(tag).id
+
+
+def bootstrap_bases(client, workdir: Path, suites: Optional[List[str]] = None, mirror: str = DEBIAN_MIRROR,
+                    force: bool = False, progress: Callable[[str], None] = lambda m: None) -> Dict[str, Optional[str]]:
+    """bevport-base:<suite> for each suite (default: the ones `--base-from debian-mirror` builds on); a base that is
+    already there is kept unless `force`. Returns {tag: new image ID, or None where the present one was kept}."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    made = {}
+    for suite in suites or list(dict.fromkeys(MIRROR_SUITES.values())):
+        tag = base_tag(suite)
+        if client.images.list(name=tag) and not force:
+            progress(f"base {tag} present (--force rebuilds it)")
+            made[tag] = None
+            continue
+        made[tag] = bootstrap_base(client, suite, mirror, tag, Path(workdir), BASE_PACKAGES, progress)
+    return made
 
 
 def _rootfs_tar(rootfs: Path) -> bytes:

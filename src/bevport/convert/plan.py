@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from bevport.convert.runner import Mounts, RunnerError, render_group
 from bevport.convert.steps import Step
+from bevport.recipe import DEFAULT_RECIPE, load_recipe
 
 
 @dataclass
@@ -15,18 +16,19 @@ class ConvertRequest:
     ckpt: Path
     work: Path
     dist: Path
-    recipe: str = "v2xfusion-pp-r34"
+    recipe: str = DEFAULT_RECIPE
     config: Optional[Path] = None
     data: Optional[Path] = None
     device: str = "CPU"
-    num_samples: int = 300
-    holdout: int = 8
+    num_samples: Optional[int] = None     # calibration frames; None: the recipe's quantize.calibration_frames
+    holdout: Optional[int] = None         # held-out frames; None: the recipe's quantize.holdout_frames
     sparsity: bool = False
     allow_drift: bool = False     # validate reports drift beyond the recipe's bounds instead of failing
 
 
 def preflight(req: ConvertRequest) -> None:
-    """Input paths readable, GPU present if asked for: checked on the host before any step starts."""
+    """Input paths readable, GPU present if asked for, the recipe (and config) loadable: checked on the host before
+    any step starts."""
     for label, path, want_dir in (("checkpoint", req.ckpt, False), ("config", req.config, False),
                                   ("dataset", req.data, True)):
         if path is None:
@@ -40,6 +42,7 @@ def preflight(req: ConvertRequest) -> None:
     if req.device.upper().startswith("GPU") and render_group() is None:
         raise RunnerError("--device GPU, but /dev/dri has no render node on this host",
                           "install the Intel GPU driver (and add yourself to the render group), or use --device CPU")
+    load_recipe(req.recipe, req.config)
 
 
 def mounts(req: ConvertRequest) -> Mounts:
@@ -58,13 +61,23 @@ def _config_root(config: Path) -> Path:
     return roots[-1] if roots else config.parent
 
 
+def frame_counts(req: ConvertRequest) -> Tuple[int, int]:
+    """(calibration frames, held-out frames): the request's, or the recipe's `quantize` settings where not given."""
+    if req.num_samples is not None and req.holdout is not None:
+        return int(req.num_samples), int(req.holdout)
+    quantize = load_recipe(req.recipe, req.config).quantize
+    return (int(quantize.calibration_frames if req.num_samples is None else req.num_samples),
+            int(quantize.holdout_frames if req.holdout is None else req.holdout))
+
+
 def plan(req: ConvertRequest) -> List[Step]:
     w = req.work
+    num_samples, holdout = frame_counts(req)
     common = ["--recipe", req.recipe] + (["--config", req.config] if req.config else [])
     data = ["--data", req.data] if req.data else []
     runtime = ["--device", req.device] + data
     onnx, calib, ir = w / "onnx", w / "calib", w / "ir"
-    heldout = ["--first-frame", str(req.num_samples + req.holdout)] if req.data else []
+    heldout = ["--first-frame", str(num_samples + holdout)] if req.data else []
     inputs = {"ckpt": req.ckpt}
     if req.config:
         inputs["config"] = req.config
@@ -72,8 +85,8 @@ def plan(req: ConvertRequest) -> List[Step]:
         Step("export", "export", ["export"] + common + ["--ckpt", req.ckpt, "--out", onnx, "-q"]
              + (["--sparsity"] if req.sparsity else []), inputs, [onnx / "export.json"],
              {"recipe": req.recipe, "sparsity": req.sparsity}),
-        Step("calibrate", "export", ["calibrate"] + common + ["--onnx", onnx, "--num-samples", str(req.num_samples),
-                                                              "--holdout", str(req.holdout), "--out", calib, "-q"]
+        Step("calibrate", "export", ["calibrate"] + common + ["--onnx", onnx, "--num-samples", str(num_samples),
+                                                              "--holdout", str(holdout), "--out", calib, "-q"]
              + data, dict({"onnx": onnx / "export.json"}, **({"data": req.data} if req.data else {})),
              [calib / "manifest.json"]),
         Step("quantize", "export", ["quantize"] + common + ["--onnx", onnx, "--calib", calib, "--out", ir, "-q"],

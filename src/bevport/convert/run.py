@@ -11,6 +11,7 @@ from bevport.convert.plan import ConvertRequest, mounts, plan, preflight
 from bevport.convert.runner import DockerRunner, LocalRunner, Mounts, docker_client, image_tag
 from bevport.convert.steps import Step, run_steps
 from bevport.fsutil import atomic_write_bytes, sha256_file
+from bevport.recipe import DEFAULT_RECIPE
 
 
 def resolve_runner(kind: str, progress: Callable[[str], None] = lambda m: None) -> str:
@@ -57,7 +58,7 @@ def _docker_if_ready(progress: Callable[[str], None]) -> str:
         return "local"
 
 
-def synthetic_checkpoint(out: Path, runner_kind: str, recipe: str = "v2xfusion-pp-r34", seed: int = 0) -> Path:
+def synthetic_checkpoint(out: Path, runner_kind: str, recipe: str = DEFAULT_RECIPE, seed: int = 0) -> Path:
     """The built-in demo checkpoint. With Docker it is drawn in the export image, so a host with only Docker and
     invoke (no torch) can run the demo. The seed fixes the weights; the BatchNorm statistics are measured with a
     forward pass, so torch 1.11 (image) and a current torch (host) can differ in the last bits of one of them."""

@@ -1,7 +1,7 @@
 """Dataset readers (KITTI layout and the original DAIR-V2X-I layout, PCD and .bin point clouds) and the
 training-identical preprocessing, in NumPy and Pillow only (no torch)."""
 from bevport.data.calib import Calibration
-from bevport.data.dataset import Frame, open_dataset
+from bevport.data.dataset import CameraView, Frame, open_dataset
 from bevport.data.kitti import KittiObject
 
-__all__ = ["Calibration", "Frame", "KittiObject", "open_dataset"]
+__all__ = ["CameraView", "Calibration", "Frame", "KittiObject", "open_dataset"]

@@ -1,7 +1,6 @@
 """One camera's calibration against the LiDAR, in KITTI terms (P2, R0_rect, Tr_velo_to_cam)."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -52,10 +51,3 @@ class Calibration:
     def camera2lidar(self) -> np.ndarray:
         # A general inverse: R0_rect and rounded DAIR rotations are not exactly orthonormal.
         return np.linalg.inv(self.lidar2cam)
-
-    def fingerprint(self) -> str:
-        """A key that changes with any bit of the matrices (for caching per-calibration lookup tables)."""
-        digest = hashlib.sha256()
-        for m in (self.P2, self.R0_rect, self.Tr_velo_to_cam):
-            digest.update(np.ascontiguousarray(m, np.float64).tobytes())
-        return digest.hexdigest()

@@ -25,13 +25,18 @@ EXPECTED_LAYOUTS = ("KITTI: <root>/image_2, velodyne, calib (or <root>/training/
 
 
 @dataclass
-class Frame:
-    id: str
+class CameraView:
+    """One camera of a frame: its image file, intrinsics and pose against the LiDAR (float64)."""
+    frame_id: str
+    name: str
     image_path: Path
-    points_path: Path
-    calib: Calibration
-    objects: Optional[list] = None
-    point_dims: int = 4      # floats per point of a .bin file (a .pcd names its own fields)
+    intrinsics: np.ndarray       # [3,3]
+    lidar2camera: np.ndarray     # [4,4]
+
+    @property
+    def camera2lidar(self) -> np.ndarray:
+        # A general inverse: R0_rect and rounded DAIR rotations are not exactly orthonormal.
+        return np.linalg.inv(self.lidar2camera)
 
     def image(self) -> Image.Image:
         """The image as RGB (grey, palette and RGBA images are converted)."""
@@ -40,14 +45,41 @@ class Frame:
                 img.load()
                 return img.convert("RGB")
         except FileNotFoundError:
-            raise DatasetError(f"frame {self.id}: image not found: {self.image_path}",
+            raise DatasetError(f"frame {self.frame_id}: image not found: {self.image_path}",
                                "skip the frame or restore the file") from None
         except (OSError, ValueError, SyntaxError) as e:  # PIL's decoders raise all three for corrupt files
-            raise DatasetError(f"frame {self.id}: cannot decode image {self.image_path}: {e}",
+            raise DatasetError(f"frame {self.frame_id}: cannot decode image {self.image_path}: {e}",
                                "the file is truncated or not an image; skip the frame or restore it") from None
+
+    @classmethod
+    def from_kitti(cls, frame_id: str, name: str, image_path: Path, calib: Calibration) -> "CameraView":
+        return cls(frame_id, name, image_path, calib.intrinsics, calib.lidar2cam)
+
+
+@dataclass
+class Frame:
+    """One sample: N cameras, an optional point cloud, and what the dataset format keeps beside them (its own
+    calibration record and labels, for its writers and evaluator)."""
+    id: str
+    cameras: List[CameraView]
+    points_path: Optional[Path]
+    calib: Optional[Calibration] = None
+    objects: Optional[list] = None
+    point_dims: int = 4      # floats per point of a .bin file (a .pcd names its own fields)
+
+    @property
+    def image_path(self) -> Path:
+        """The first camera's image file."""
+        return self.cameras[0].image_path
+
+    def image(self) -> Image.Image:
+        """The first camera's image as RGB."""
+        return self.cameras[0].image()
 
     def points(self) -> np.ndarray:
         """The point cloud, float32 [N, F] (F = point_dims for .bin, the PCD's fields otherwise)."""
+        if self.points_path is None:
+            raise DatasetError(f"frame {self.id}: no point cloud", "this dataset has no LiDAR for the frame")
         if self.points_path.suffix.lower() == ".bin":
             points = read_bin(self.points_path, self.point_dims)
         else:
@@ -91,7 +123,8 @@ class Dataset:
             raise DatasetError(f"frame {frame_id}: image not found: {image}", "skip the frame or restore the file")
         points = self._layout.points_path(frame_id)
         calib = self._layout.calib(frame_id)
-        return Frame(frame_id, image, points, calib, self._layout.objects(frame_id), self.point_dims)
+        camera = CameraView.from_kitti(frame_id, self._layout.image_folder, image, calib)
+        return Frame(frame_id, [camera], points, calib, self._layout.objects(frame_id), self.point_dims)
 
     def _frame_id(self, key: Union[int, str]) -> str:
         if isinstance(key, (int, np.integer)):

@@ -94,10 +94,6 @@ def calib_text(calib: Calibration) -> str:
     return "".join(f"{key}: {' '.join('%.16e' % v for v in np.ravel(m))}\n" for key, m in rows)
 
 
-def write_calib_file(path: os.PathLike, calib: Calibration) -> None:
-    atomic_write_bytes(path, calib_text(calib).encode("ascii"))
-
-
 # --------------------------------------------------------------------------------------------------------- labels
 
 def _parse_label_line(path: Path, number: int, line: str) -> KittiObject:
@@ -162,7 +158,7 @@ def _points_bytes(points: np.ndarray, point_format: str) -> bytes:
     if point_format == "bin":
         return points.tobytes()
     if point_format == "pcd":
-        return pcd_bytes(points, ("x", "y", "z", "intensity"), "binary")
+        return pcd_bytes(points, ("x", "y", "z", "intensity"))
     raise DatasetError(f"unknown point format `{point_format}`", "use bin or pcd")
 
 

@@ -14,15 +14,11 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from bevport.errors import DatasetError
-from bevport.fsutil import atomic_write_bytes
 
 DATA_KINDS = ("ascii", "binary", "binary_compressed")
 _TYPES = {("F", 2): "<f2", ("F", 4): "<f4", ("F", 8): "<f8",
           ("I", 1): "i1", ("I", 2): "<i2", ("I", 4): "<i4", ("I", 8): "<i8",
           ("U", 1): "u1", ("U", 2): "<u2", ("U", 4): "<u4", ("U", 8): "<u8"}
-_LZF_MAX_OFFSET = 1 << 13
-_LZF_MAX_MATCH = 7 + 255 + 2
-_LZF_MAX_LITERAL = 32
 
 
 # ---------------------------------------------------------------------------------------------------------- LZF
@@ -67,62 +63,6 @@ def _copy_reference(out: bytearray, start: int, length: int) -> None:
     else:  # the reference overlaps what it writes: its bytes repeat with the period of the offset
         pattern = out[start:]
         out += (pattern * (length // period + 1))[:length]
-
-
-def lzf_compress(data: bytes) -> bytes:
-    """A greedy LZF encoder (3-byte hash table, latest occurrence wins); lzf_decompress inverts it."""
-    data = bytes(data)
-    n = len(data)
-    out, literals = bytearray(), bytearray()
-    table = {}  # type: Dict[bytes, int]
-    i = 0
-    while i < n:
-        length = _match(data, table, i)
-        if length:
-            _flush_literals(out, literals)
-            _emit_reference(out, i - table[data[i:i + 3]] - 1, length)
-            table[data[i:i + 3]] = i
-            i += length
-            continue
-        if i + 2 < n:
-            table[data[i:i + 3]] = i
-        literals.append(data[i])
-        i += 1
-        if len(literals) == _LZF_MAX_LITERAL:
-            _flush_literals(out, literals)
-    _flush_literals(out, literals)
-    return bytes(out)
-
-
-def _match(data: bytes, table: Dict[bytes, int], i: int) -> int:
-    """Length of the match at i against the last occurrence of its 3 bytes, or 0 when there is none in reach."""
-    if i + 2 >= len(data):
-        return 0
-    ref = table.get(data[i:i + 3])
-    if ref is None or i - ref > _LZF_MAX_OFFSET:
-        return 0
-    limit = min(_LZF_MAX_MATCH, len(data) - i)
-    length = 3
-    while length < limit and data[ref + length] == data[i + length]:
-        length += 1
-    return length
-
-
-def _emit_reference(out: bytearray, offset: int, length: int) -> None:
-    code = length - 2
-    if code < 7:
-        out.append((code << 5) | (offset >> 8))
-    else:
-        out.append((7 << 5) | (offset >> 8))
-        out.append(code - 7)
-    out.append(offset & 0xFF)
-
-
-def _flush_literals(out: bytearray, literals: bytearray) -> None:
-    if literals:
-        out.append(len(literals) - 1)
-        out += literals
-        del literals[:]
 
 
 # ------------------------------------------------------------------------------------------------------- header
@@ -296,31 +236,18 @@ def read_bin(path: os.PathLike, dims: int = 4) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------------------- write
 
-def pcd_bytes(points: np.ndarray, fields: Sequence[str] = ("x", "y", "z", "intensity"),
-              data: str = "binary") -> bytes:
-    """A PCD v0.7 file of float32 fields, one per column of `points`."""
+def pcd_header(fields: Sequence[str], n: int, data: str = "binary") -> bytes:
+    """The PCD v0.7 header of `n` points of float32 `fields`, ending with the line `DATA <data>`."""
+    k = len(fields)
+    return ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\n"
+            f"FIELDS {' '.join(fields)}\nSIZE {' '.join(['4'] * k)}\nTYPE {' '.join(['F'] * k)}\n"
+            f"COUNT {' '.join(['1'] * k)}\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA {data}\n"
+            ).encode("ascii")
+
+
+def pcd_bytes(points: np.ndarray, fields: Sequence[str] = ("x", "y", "z", "intensity")) -> bytes:
+    """A binary PCD v0.7 file of float32 fields, one per column of `points`."""
     points = np.ascontiguousarray(points, "<f4")
-    n = len(points)
     if points.ndim != 2 or points.shape[1] != len(fields):
         raise ValueError(f"points of shape {points.shape} do not match fields {list(fields)}")
-    if data not in DATA_KINDS:
-        raise ValueError(f"unknown PCD DATA kind {data!r}; use one of {DATA_KINDS}")
-    k = len(fields)
-    header = ("# .PCD v0.7 - Point Cloud Data file format\nVERSION 0.7\n"
-              f"FIELDS {' '.join(fields)}\nSIZE {' '.join(['4'] * k)}\nTYPE {' '.join(['F'] * k)}\n"
-              f"COUNT {' '.join(['1'] * k)}\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\nDATA {data}\n")
-    if data == "ascii":
-        # 9 significant digits identify a float32 exactly.
-        body = "".join(" ".join("%.9g" % v for v in row) + "\n" for row in points.tolist()).encode("ascii")
-    elif data == "binary":
-        body = points.tobytes()
-    else:
-        raw = np.ascontiguousarray(points.T).tobytes()
-        packed = lzf_compress(raw)
-        body = struct.pack("<II", len(packed), len(raw)) + packed
-    return header.encode("ascii") + body
-
-
-def write_pcd(path: os.PathLike, points: np.ndarray, fields: Sequence[str] = ("x", "y", "z", "intensity"),
-              data: str = "binary") -> None:
-    atomic_write_bytes(path, pcd_bytes(points, fields, data))
+    return pcd_header(fields, len(points)) + points.tobytes()

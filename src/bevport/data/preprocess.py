@@ -16,7 +16,6 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from bevport.data.calib import Calibration
 from bevport.errors import DatasetError
 
 F32 = np.float32
@@ -152,9 +151,10 @@ class CameraMetas:
         return self.intrinsics, self.camera2lidar, self.img_aug, self.lidar_aug, self.denorm
 
 
-def camera_metas(recipe, calib: Calibration) -> CameraMetas:
+def camera_metas(recipe, camera) -> CameraMetas:
+    """The metas of one `CameraView` (intrinsics, lidar2camera) after the recipe's test-time image augmentation."""
     intrinsics = np.eye(4)
-    intrinsics[:3, :3] = calib.intrinsics
-    lidar2cam = calib.lidar2cam
-    return CameraMetas(intrinsics.astype(F32), np.linalg.inv(lidar2cam).astype(F32), img_aug_matrix(recipe),
+    intrinsics[:3, :3] = camera.intrinsics
+    lidar2cam = camera.lidar2camera
+    return CameraMetas(intrinsics.astype(F32), camera.camera2lidar.astype(F32), img_aug_matrix(recipe),
                        np.eye(4, dtype=F32), ground_denorm(lidar2cam).astype(F32))

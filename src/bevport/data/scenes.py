@@ -29,6 +29,7 @@ from bevport.data.calib import Calibration
 from bevport.data.kitti import KittiObject, write_frame
 from bevport.errors import DatasetError
 from bevport.fsutil import atomic_output_dir, atomic_write_bytes
+from bevport.geometry.boxes import cuboid_corners, wrap_angle
 
 GENERATOR_VERSION = 1
 METADATA_FILE = "bevport_synthetic.json"
@@ -123,6 +124,8 @@ def make_rig(rng: np.random.Generator, params: SceneParams) -> CameraRig:
 # Corner i has signs (x: bit 0, y: bit 1, z: bit 2). FACES[:4] are the sides (bottom edge first, then the top edge
 # reversed; FACES[0] is the front), then the top and the bottom.
 _SIGNS = np.array([[(i & 1) * 2 - 1, (i >> 1 & 1) * 2 - 1, (i >> 2 & 1) * 2 - 1] for i in range(8)], np.float64)
+# Where corner i sits among cuboid_corners' (front-left, front-right, rear-right, rear-left; bottom then top).
+_FROM_CUBOID = [2, 1, 3, 0, 6, 5, 7, 4]
 FACES = (((1, 3, 7, 5), (1, 0, 0)), ((0, 2, 6, 4), (-1, 0, 0)), ((2, 3, 7, 6), (0, 1, 0)),
          ((0, 1, 5, 4), (0, -1, 0)), ((4, 5, 7, 6), (0, 0, 1)), ((0, 1, 3, 2), (0, 0, -1)))
 
@@ -133,15 +136,9 @@ def rotate_z(vectors: np.ndarray, yaw: float) -> np.ndarray:
 
 
 def box_corners(box: Sequence[float]) -> np.ndarray:
-    """[8,3] corners of a LiDAR box (x, y, z_center, l, w, h, yaw); l lies along the heading."""
+    """[8,3] corners of a LiDAR box (x, y, z_center, l, w, h, yaw) in the order of _SIGNS; l lies along the heading."""
     x, y, z, l, w, h, yaw = box
-    return rotate_z(_SIGNS * [l / 2, w / 2, h / 2], yaw) + [x, y, z]
-
-
-def points_in_box(points: np.ndarray, box: Sequence[float], margin: float = 0.0) -> np.ndarray:
-    """Mask of the points (x, y, z, ...) inside a LiDAR box grown by `margin` on every side."""
-    local = rotate_z(points[:, :3] - np.asarray(box[:3]), -box[6])
-    return np.all(np.abs(local) <= np.asarray(box[3:6]) / 2 + margin, axis=1)
+    return cuboid_corners((x, y, z), l, w, -h / 2, h / 2, yaw)[_FROM_CUBOID]
 
 
 def _bev_corners(box: Sequence[float], margin: float = 0.0) -> np.ndarray:
@@ -578,15 +575,10 @@ def render_image(rng: np.random.Generator, rig: CameraRig, boxes: np.ndarray, na
 
 # --------------------------------------------------------------------------------------------------------- labels
 
-def wrap_angle(angle: float) -> float:
-    """`angle` wrapped into (-pi, pi]."""
-    return math.pi - (math.pi - angle) % (2 * math.pi)
-
-
 def camera_rotation_y(rig: CameraRig, yaw: float) -> float:
     """KITTI rotation_y (about camera y; 0 faces camera +x) of a LiDAR-frame heading `yaw` (from +x toward +y)."""
     hx, _, hz = rig.R @ np.array([math.cos(yaw), math.sin(yaw), 0.0])
-    return wrap_angle(-math.atan2(hz, hx))
+    return float(wrap_angle(-math.atan2(hz, hx)))
 
 
 def occlusion_level(visible_fraction: float) -> int:
@@ -616,7 +608,7 @@ def kitti_object(box: np.ndarray, name: str, rig: CameraRig, visible_fraction: f
     x, y, z, l, wid, hgt, yaw = (float(v) for v in box)
     location = rig.to_camera([x, y, z - hgt / 2])
     rotation_y = camera_rotation_y(rig, yaw)
-    alpha = wrap_angle(rotation_y - math.atan2(location[0], location[2]))
+    alpha = float(wrap_angle(rotation_y - math.atan2(location[0], location[2])))
     return KittiObject(type=name, truncated=float(1 - clipped / ((x2 - x1) * (y2 - y1))),
                        occluded=occlusion_level(visible_fraction), alpha=alpha,
                        bbox=(float(cx1), float(cy1), float(cx2), float(cy2)), dimensions=(hgt, wid, l),

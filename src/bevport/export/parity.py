@@ -1,70 +1,23 @@
 """Parity: every exported graph, run through OpenVINO (CPU, f32), against the native PyTorch modules.
 
-The references are the model's own eval-mode sub-networks, not the export wrappers: the camera feature is
-compared in the NHWC memory layout the contract promises, and the PFE against the unfolded BN-Linear-BN forward
-on the first `max_num_points` slots (what training's voxelizer kept).
+The references are the architecture's own eval-mode modules (`bevport.models.<architecture>.reference_outputs`), not
+the export wrappers. The gate scales with each graph: a float32 network cannot match any other float32 run better
+than its own rounding allows, and that differs by orders of magnitude between a 9-channel linear layer and a
+34-layer ResNet (and between CPUs: AMX hosts take other kernels). So each output's inherent float32 error is measured
+(PyTorch float32 against a float64 run of the same module on the same inputs), and OpenVINO's error against that
+float64 run may be at most `export.parity.factor` times it plus `export.parity.floor`, all relative to the output's
+largest magnitude. A wrong op, layout or constant is off by orders of magnitude more.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-import torch
 
 from bevport.contract import GraphSpec
-from bevport.models.synthetic import random_pillars
-from bevport.models.v2xfusion import V2XFusion
 from bevport.recipe import Recipe
-
-DYNAMIC_V = 3000  # voxels fed to the dynamic-V PFE graph
-
-
-def _pillar_inputs(recipe: Recipe, spec: GraphSpec, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    """Voxels as the deploy binary fills them: 100 slots (often > 10 points), trailing all-zero padding rows."""
-    v, slots, _ = spec.inputs[0].concrete_shape(DYNAMIC_V)
-    filled = int(v * 0.7)
-    counts = np.where(rng.uniform(size=filled) < 0.3, rng.integers(11, slots + 1, filled), rng.integers(1, 11, filled))
-    out = {}
-    for t, part in zip(spec.inputs, random_pillars(recipe, rng, counts, slots)):
-        out[t.name] = np.zeros((v,) + part.shape[1:], part.dtype)
-        out[t.name][:filled] = part
-    return out
-
-
-def sample_inputs(key: str, spec: GraphSpec, recipe: Recipe, seed: int = 0) -> Dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    if key in ("lidar_pfe", "lidar_pfe_static"):
-        return _pillar_inputs(recipe, spec, rng)
-    out = {}
-    for t in spec.inputs:
-        x = rng.normal(size=t.shape).astype(np.float32)
-        # BEV maps and the decoder output come after ReLUs; the LiDAR BEV is mostly empty cells.
-        if t.name in recipe.export.graphs.fuser.inputs or key == "head":
-            x = np.maximum(x, 0)
-        if t.name == recipe.export.graphs.fuser.inputs[1]:
-            x *= rng.uniform(size=(1, 1) + t.shape[2:]) < 0.3
-        out[t.name] = x
-    return out
-
-
-@torch.no_grad()
-def torch_reference(key: str, model: V2XFusion, spec: GraphSpec, inputs: Dict[str, np.ndarray],
-                    recipe: Recipe) -> List[np.ndarray]:
-    x = [torch.from_numpy(inputs[t.name]) for t in spec.inputs]
-    if key == "camera":
-        feat, depth = model.camera_features(x[0])
-        return [feat.permute(0, 2, 3, 1).contiguous().numpy().reshape(feat.shape), depth.numpy()]
-    if key in ("lidar_pfe", "lidar_pfe_static"):
-        keep = recipe.model.lidar.voxelize.max_num_points
-        features, counts, coors = x
-        return [model.pillar_features(features[:, :keep], counts.clamp(max=keep), coors).numpy()]
-    if key == "fuser":
-        return [model.decode_bev(*x).numpy()]
-    if key == "head":
-        tasks = model.head(x[0])
-        return [tasks[t][attr].numpy() for t, attr in (o.role for o in spec.outputs)]
-    raise KeyError(key)
 
 
 def run_openvino(path: Path, spec: GraphSpec, inputs: Dict[str, np.ndarray]) -> List[np.ndarray]:
@@ -77,21 +30,42 @@ def run_openvino(path: Path, spec: GraphSpec, inputs: Dict[str, np.ndarray]) -> 
     return [np.asarray(result[compiled.output(t.name)]) for t in spec.outputs]
 
 
-def compare(spec: GraphSpec, reference: List[np.ndarray], actual: List[np.ndarray], tolerance: float) -> Dict:
+def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
+    """max |reference - actual| / max |reference| (the absolute error where the reference is all zero)."""
+    if not reference.size:
+        return 0.0
+    err = float(np.max(np.abs(reference.astype(np.float64) - actual.astype(np.float64))))
+    scale = float(np.max(np.abs(reference)))
+    return err / scale if scale > 0 else err
+
+
+def compare(spec: GraphSpec, exact: List[np.ndarray], torch_f32: List[np.ndarray], openvino: List[np.ndarray],
+            factor: float, floor: float) -> Dict:
+    """Per output: OpenVINO's and PyTorch float32's relative errors against the float64 reference, and the bound."""
     outputs = {}
-    for t, ref, got in zip(spec.outputs, reference, actual):
-        err = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) if ref.size else 0.0
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        rel = err / scale if scale > 0 else err
-        outputs[t.name] = {"max_abs_error": err, "max_rel_error": rel, "scale": scale,
-                           "shape": list(got.shape), "passed": bool(rel <= tolerance)}
+    for t, ref, ours, got in zip(spec.outputs, exact, torch_f32, openvino):
+        inherent = relative_error(ref, ours)
+        error = relative_error(ref, got)
+        bound = factor * inherent + floor
+        outputs[t.name] = {"max_rel_error": error, "torch_f32_rel_error": inherent, "bound": bound,
+                           "vs_torch_f32_rel_error": relative_error(ours, got),
+                           "max_abs_error": float(np.max(np.abs(ref - got.astype(np.float64)))) if ref.size else 0.0,
+                           "scale": float(np.max(np.abs(ref))) if ref.size else 0.0,
+                           "shape": list(got.shape), "passed": bool(error <= bound)}
     return {"outputs": outputs, "passed": all(o["passed"] for o in outputs.values())}
 
 
-def check_parity(key: str, path: Path, model: V2XFusion, spec: GraphSpec, recipe: Recipe, seed: int = 0) -> Dict:
-    inputs = sample_inputs(key, spec, recipe, seed)
-    reference = torch_reference(key, model, spec, inputs, recipe)
-    report = compare(spec, reference, run_openvino(path, spec, inputs), recipe.export.parity_tolerance)
+def check_parity(arch, path: Path, model, model64, spec: GraphSpec, recipe: Recipe, seed: int = 0) -> Dict:
+    """Parity of one exported graph; `model64` is a float64 copy of `model` (see `float64_copy`)."""
+    inputs = arch.sample_inputs(recipe, spec, seed)
+    exact = [np.asarray(a, np.float64) for a in arch.reference_outputs(model64, recipe, spec, inputs)]
+    torch_f32 = arch.reference_outputs(model, recipe, spec, inputs)
+    p = recipe.export.parity
+    report = compare(spec, exact, torch_f32, run_openvino(path, spec, inputs), float(p.factor), float(p.floor))
     report.update(file=spec.file, seed=seed, device="CPU", inference_precision="f32",
                   inputs={k: list(v.shape) for k, v in inputs.items()})
     return report
+
+
+def float64_copy(model):
+    return copy.deepcopy(model).double().eval()

@@ -29,6 +29,23 @@ def grid_params(xbound: Sequence[float], ybound: Sequence[float], zbound: Sequen
     return dx, bx, nx
 
 
+# What `dbound` means depends on the view transform (both read it from the same config key upstream):
+#   LSSV2XTransform (V2XFusion, BEVHeight's DID bins): [height_min, height_max, num_bins] in the LiDAR frame;
+#   LSSTransform (MIT BEVFusion): [depth_start, depth_stop, depth_step] in metres along the camera ray,
+#   bins = torch.arange(start, stop, step).
+VIEW_TRANSFORMS = ("LSSV2XTransform", "LSSTransform")
+
+
+def depth_bins(vtransform) -> int:
+    """Number of depth (or height) bins of a view transform's `dbound`, by the transform's own reading of it."""
+    start, stop, third = (float(v) for v in vtransform.dbound)
+    if vtransform.type == "LSSV2XTransform":
+        return int(third)
+    if vtransform.type == "LSSTransform":
+        return len(np.arange(start, stop, third, dtype=np.float32))
+    raise ValueError(f"unknown view transform {vtransform.type!r}; known: {', '.join(VIEW_TRANSFORMS)}")
+
+
 def _bounds(recipe):
     vt = recipe.model.camera.vtransform
     return grid_params(vt.xbound, vt.ybound, vt.zbound)
@@ -38,7 +55,7 @@ def frustum(recipe):
     """(pixel rays [fH,fW,4], bin fractions [D]) on the feature grid: u = linspace(0, W-1, fW), v likewise."""
     h, w = recipe.input.image_size
     fh, fw = recipe.model.camera.vtransform.feature_size
-    d = recipe.num_height_bins
+    d = depth_bins(recipe.model.camera.vtransform)
     xs, ys = np.meshgrid(np.linspace(0, w - 1, fw), np.linspace(0, h - 1, fh))
     rays = np.stack([xs, ys, np.ones_like(xs), np.ones_like(xs)], -1).astype(F32)
     fractions = (np.power(np.arange(d) / d, recipe.model.camera.vtransform.did_alpha)).astype(F32)

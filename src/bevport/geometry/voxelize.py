@@ -9,7 +9,7 @@ binary's SYCL voxelizer fills slots through atomics instead, so its order differ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -136,40 +136,19 @@ def voxelize(points: np.ndarray, point_cloud_range: Sequence[float], voxel_size:
 
 def voxelize_padded(points: np.ndarray, point_cloud_range: Sequence[float], voxel_size: Sequence[float],
                     max_points: int, num_slots: int) -> PaddedVoxels:
-    """`pad_to(voxelize(..., max_voxels=num_slots), num_slots)` without the intermediate copy."""
+    """`voxelize(..., max_voxels=num_slots)` laid out as the PFE's `num_slots` rows (rows beyond the voxel count are
+    zero), filled directly, without an intermediate copy."""
     points = _as_points(points)
     a = _assign(points, point_cloud_range, voxel_size, max_points, num_slots)
     return _padded(_features(points, a, num_slots, max_points), a.counts, a.coords, a.num_dropped_voxels)
 
 
-def pad_to(voxels: Voxels, num_slots: int) -> PaddedVoxels:
-    """The first `num_slots` voxels in the PFE layout; rows beyond the voxel count are zero."""
-    m = min(voxels.num_voxels, num_slots)
-    features = np.zeros((num_slots,) + voxels.features.shape[1:], F32)
-    features[:m] = voxels.features[:m]
-    return _padded(features, voxels.counts[:m], voxels.coords[:m], voxels.num_voxels - m)
-
-
-def _recipe_points(recipe, points: np.ndarray) -> np.ndarray:
-    return np.asarray(points, F32)[:, : recipe.input.point_dims]
-
-
-def voxelize_for_recipe(recipe, points: np.ndarray, max_points: Optional[int] = None,
-                        max_voxels: Optional[int] = None) -> Voxels:
-    """Voxelize the recipe's first `input.point_dims` point columns; limits default to the test-time config
-    (max_num_points, max_voxels[1])."""
-    vox = recipe.model.lidar.voxelize
-    return voxelize(_recipe_points(recipe, points), vox.point_cloud_range, vox.voxel_size,
-                    vox.max_num_points if max_points is None else max_points,
-                    vox.max_voxels[1] if max_voxels is None else max_voxels)
-
-
 def voxelize_for_deploy(recipe, points: np.ndarray) -> PaddedVoxels:
-    """The static PFE's inputs: `export.deploy_max_points` slots, `export.static_voxels` rows; `num_dropped` counts
-    the voxels beyond them."""
+    """The static PFE's inputs from the recipe's first `input.point_dims` point columns: `export.deploy_max_points`
+    slots, `export.static_voxels` rows; `num_dropped` counts the voxels beyond them."""
     vox = recipe.model.lidar.voxelize
-    return voxelize_padded(_recipe_points(recipe, points), vox.point_cloud_range, vox.voxel_size,
-                           recipe.export.deploy_max_points, recipe.export.static_voxels)
+    return voxelize_padded(np.asarray(points, F32)[:, : recipe.input.point_dims], vox.point_cloud_range,
+                           vox.voxel_size, recipe.export.deploy_max_points, recipe.export.static_voxels)
 
 
 def scatter(pillar_features: np.ndarray, coors: np.ndarray, valid: Union[int, np.ndarray],

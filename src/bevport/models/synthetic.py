@@ -3,7 +3,8 @@
 Weights are drawn from numpy's PCG64 generator (stable across numpy and torch versions) at He-initialisation
 scale. BatchNorm statistics are not invented: every BN layer measures them in one train-mode pass over seeded,
 image-like inputs (float64, so the result is the same on any CPU), the way a trained network's statistics
-describe its own activations. Activations therefore stay well scaled through all 74 BN layers, as in a real model.
+describe its own activations. Activations therefore stay well scaled through every BN layer, as in a real model.
+The architecture's module (`bevport.models.<architecture>`) builds the model and runs that pass.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from torch import nn
 
 from bevport import __version__
 from bevport.fsutil import atomic_write_bytes
-from bevport.models.v2xfusion import V2XFusion
+from bevport.models import architecture
+from bevport.models.head import SeparateHead
 from bevport.recipe import Recipe
 
 
@@ -37,53 +39,26 @@ def _init_parameters(model: nn.Module, rng: np.random.Generator) -> None:
             n = module.num_features
             module.weight.data = torch.from_numpy(rng.uniform(0.4, 1.2, size=n))
             module.bias.data = normal((n,), 0.1)
-    for task in model.heads["object"].task_heads:
-        task.heatmap[-1].bias.data += -2.19  # CenterPoint's prior: initial scores ~0.1
+    for module in model.modules():
+        if isinstance(module, SeparateHead):
+            module.heatmap[-1].bias.data += -2.19  # CenterPoint's prior: initial scores ~0.1
 
 
-def _smooth_noise(rng: np.random.Generator, shape, scale: int) -> torch.Tensor:
+def smooth_noise(rng: np.random.Generator, shape, scale: int) -> torch.Tensor:
     """Low-frequency noise (bilinear-upsampled) so that convolutions see image-like statistics."""
     low = torch.from_numpy(rng.normal(size=(shape[0], shape[1], shape[2] // scale + 1, shape[3] // scale + 1)))
     return F.interpolate(low, size=shape[2:], mode="bilinear", align_corners=False)
 
 
-def random_pillars(recipe: Recipe, rng: np.random.Generator, counts: np.ndarray, slots: int):
-    """Points in len(counts) distinct random pillars, filled in slot order as a voxelizer does:
-    feats [M,slots,dims] float32 (zero padded), counts [M] int32, coords [M,4] int32 (b, x, y, z)."""
-    vox = recipe.model.lidar.voxelize
-    nx, ny = recipe.bev_shape
-    m = len(counts)
-    cells = rng.choice(nx * ny, size=m, replace=False)
-    ix, iy = cells // ny, cells % ny
-    lo, size = np.array(vox.point_cloud_range[:3]), np.array(vox.voxel_size)
-    xyz = lo + (np.stack([ix, iy, np.zeros_like(ix)], 1)[:, None, :] + rng.uniform(size=(m, slots, 3))) * size
-    xyz[..., 2] = rng.normal(-1.0, 0.8, size=(m, slots))
-    intensity = rng.uniform(0, 255, size=(m, slots, recipe.input.point_dims - 3))
-    feats = np.concatenate([xyz, intensity], -1) * (np.arange(slots)[None, :, None] < counts[:, None, None])
-    coords = np.stack([np.zeros_like(ix), ix, iy, np.zeros_like(ix)], 1)
-    return feats.astype(np.float32), counts.astype(np.int32), coords.astype(np.int32)
-
-
 @torch.no_grad()
-def _measure_batchnorm(model: V2XFusion, recipe: Recipe, rng: np.random.Generator) -> None:
+def _measure_batchnorm(model: nn.Module, recipe: Recipe, rng: np.random.Generator) -> None:
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: one pass gives exactly that batch's statistics
     model.train()
-    h, w = recipe.input.image_size
-    img = _smooth_noise(rng, (1, 3, h // 4, w // 4), 8) + 0.3 * torch.from_numpy(rng.normal(size=(1, 3, h // 4, w // 4)))
-    model.camera_features(img)
-    slots = recipe.model.lidar.voxelize.max_num_points
-    feats, sizes, coords = random_pillars(recipe, rng, rng.integers(1, slots + 1, size=3000), slots)
-    model.pillar_features(torch.from_numpy(feats).double(), torch.from_numpy(sizes), torch.from_numpy(coords))
-    nx, ny = recipe.bev_shape
-    vt, scatter = recipe.model.camera.vtransform, recipe.model.lidar.scatter
-    cam_bev = _smooth_noise(rng, (1, vt.out_channels, nx, ny), 4).abs() * 2.0
-    lidar_bev = F.relu(_smooth_noise(rng, (1, scatter.in_channels, nx, ny), 2)) \
-        * torch.from_numpy(rng.uniform(size=(1, 1, nx, ny)) < 0.3)
-    model.head(model.decode_bev(cam_bev, lidar_bev))
+    architecture(recipe).synthetic_forward(model, recipe, rng)
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
         bn.num_batches_tracked.fill_(int(rng.integers(10_000, 200_000)))
@@ -92,7 +67,7 @@ def _measure_batchnorm(model: V2XFusion, recipe: Recipe, rng: np.random.Generato
 
 def synthetic_state_dict(recipe: Recipe, seed: int) -> Dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
-    model = V2XFusion(recipe)
+    model = architecture(recipe).build(recipe)
     grid = {k: v.clone() for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] in ("dx", "bx", "nx")}
     model.double()
     _init_parameters(model, rng)

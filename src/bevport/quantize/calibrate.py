@@ -2,19 +2,17 @@
 
 The calibration set is a folder:
 
-    manifest.json            recipe, ONNX hashes, dataset, frames (calibration | holdout) with voxel counts, skips
-    <graph>/<frame id>.npz   the named input tensors of that graph for that frame (camera, lidar_pfe, fuser, head)
+    manifest.json            recipe, ONNX hashes, dataset, frames (calibration | holdout) with their stats, skips
+    <graph>/<frame id>.npz   the named input tensors of that deploy graph for that frame
 
 Frames are taken in dataset order, as Intel's calibration takes the first N of the split: the first
 `num_samples` usable frames calibrate, the next `holdout` frames are kept for the FP32-vs-INT8 report.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -22,10 +20,11 @@ import numpy as np
 
 from bevport import __version__
 from bevport.contract import build_contract
-from bevport.data.dataset import Dataset, open_dataset
 from bevport.errors import QuantizeError
+from bevport.formats import dataset_or_synthetic
 from bevport.fsutil import atomic_output_dir, sha256_file
-from bevport.runtime.pipeline import STAGES, Pipeline, prepared_frames
+from bevport.runtime.graphs import deploy_graphs, source_graph
+from bevport.runtime.pipeline import Pipeline, pipeline_class, prepared_frames
 
 MANIFEST = "manifest.json"
 SYNTHETIC_WARNING = ("calibrated on SYNTHETIC scenes: these INT8 scales are NOT for production; "
@@ -33,7 +32,8 @@ SYNTHETIC_WARNING = ("calibrated on SYNTHETIC scenes: these INT8 scales are NOT 
 
 
 def onnx_files(recipe, contract, onnx_dir: Path) -> Dict[str, Path]:
-    """The exported graph per pipeline stage, after checking the folder was exported for this recipe."""
+    """The exported graph of every deploy graph and quantization source, after checking the folder was exported for
+    this recipe."""
     onnx_dir = Path(onnx_dir)
     summary_path = onnx_dir / "export.json"
     if not summary_path.is_file():
@@ -43,7 +43,8 @@ def onnx_files(recipe, contract, onnx_dir: Path) -> Dict[str, Path]:
     if summary.get("recipe") != recipe.name:
         raise QuantizeError(f"{onnx_dir} was exported for recipe `{summary.get('recipe')}`, not `{recipe.name}`",
                             f"pass --recipe {summary.get('recipe')}, or export again with --recipe {recipe.name}")
-    return {key: onnx_dir / contract[key].file for key in STAGES}
+    keys = dict.fromkeys(deploy_graphs(recipe) + [source_graph(recipe, g) for g in deploy_graphs(recipe)])
+    return {key: onnx_dir / contract[key].file for key in keys}
 
 
 def _fingerprints(files: Dict[str, Path]) -> Dict[str, str]:
@@ -56,42 +57,28 @@ def _store(folder: Path, frame_id: str, feed: Dict[str, np.ndarray]) -> None:
         np.savez(f, **feed)
 
 
-def _collect(recipe, dataset: Dataset, pipeline: Pipeline, tmp: Path, wanted: int, calibration: int,
-             on_bad_frame: str, progress: Callable, warn: Callable):
+def _collect(dataset, pipeline: Pipeline, tmp: Path, wanted: int, calibration: int, on_bad_frame: str,
+             progress: Callable, warn: Callable):
     """Run frames in order until `wanted` succeeded; returns (frame records, skipped records)."""
-    graph_of_stage = {recipe.quantize.graphs[g].source: g for g in recipe.quantize.graphs}
     frames: List[Dict] = []
     skipped: List[Dict] = []
-    for frame, inputs, seconds in prepared_frames(recipe, pipeline.contract, dataset, on_bad_frame=on_bad_frame,
-                                                  warn=warn, skipped=skipped):
+    for frame, inputs, seconds in prepared_frames(pipeline, dataset, on_bad_frame=on_bad_frame, warn=warn,
+                                                  skipped=skipped):
         pipeline.seconds["read_and_preprocess"] += seconds
         if not frames:
-            _check_intensity(recipe, inputs, warn)
+            pipeline.inspect(inputs, warn)
         role = "calibration" if len(frames) < calibration else "holdout"
-        progress(f"{role} frame {frame.id} ({len(frames) + 1}/{wanted}): {inputs.num_voxels} pillars")
+        stats = inputs.stats()
+        progress(f"{role} frame {frame.id} ({len(frames) + 1}/{wanted})"
+                 + "".join(f", {k.replace('_', ' ')} {v}" for k, v in stats.items()))
         result = pipeline.run(inputs)
         with pipeline.timed("store"):
-            for stage, feed in result.feeds.items():
-                _store(tmp / graph_of_stage[stage], frame.id, feed)
-        frames.append({"id": frame.id, "role": role, "pillars": inputs.num_voxels,
-                       "dropped_pillars": inputs.num_dropped})
+            for graph, feed in result.feeds.items():
+                _store(tmp / graph, frame.id, feed)
+        frames.append(dict({"id": frame.id, "role": role}, **stats))
         if len(frames) == wanted:
             break
     return frames, skipped
-
-
-def _check_intensity(recipe, inputs, warn: Callable) -> None:
-    """Training read raw 0-255 intensity; a dataset converted to 0-1 would silently shift every pillar feature."""
-    features = inputs.pfe[recipe.export.graphs.lidar_pfe_static.inputs[0]]
-    peak = float(features[..., 3].max())
-    scale = float(recipe.input.intensity_scale)
-    if peak <= 1.0:
-        warn(f"frame {inputs.frame_id}: intensity peaks at {peak:.3g} after scaling by {scale:g}; the checkpoint was "
-             "trained on raw 0-255 intensity. If this dataset was converted to 0-1 (velodyne/*.bin from Intel's or "
-             "DAIR's converter), pass --intensity-scale 255")
-    elif peak > 255 * 1.01:
-        warn(f"frame {inputs.frame_id}: intensity reaches {peak:.4g} after scaling by {scale:g}, above the 0-255 "
-             "range the checkpoint was trained on; check --intensity-scale")
 
 
 def _set_hash(tmp: Path, graphs) -> str:
@@ -101,21 +88,6 @@ def _set_hash(tmp: Path, graphs) -> str:
         for path in sorted((tmp / graph).glob("*.npz")):
             digest.update(f"{graph}/{path.name}:{sha256_file(path)}\n".encode())
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _dataset_or_synthetic(data: Optional[os.PathLike], split: Optional[str], frames: int, seed: int,
-                          progress: Callable, warn: Callable):
-    if data is not None:
-        yield open_dataset(data, split), False
-        return
-    from bevport.data.scenes import write_synthetic_dataset
-
-    warn(SYNTHETIC_WARNING)
-    with tempfile.TemporaryDirectory(prefix="bevport-scenes-") as tmp:
-        progress(f"writing {frames} synthetic scenes (seed {seed})")
-        root = write_synthetic_dataset(Path(tmp) / "scenes", frames=frames, seed=seed)
-        yield open_dataset(root), True
 
 
 def calibrate(recipe, onnx_dir: os.PathLike, data: Optional[os.PathLike], out: os.PathLike,
@@ -131,11 +103,11 @@ def calibrate(recipe, onnx_dir: os.PathLike, data: Optional[os.PathLike], out: o
     contract = build_contract(recipe)
     files = onnx_files(recipe, contract, Path(onnx_dir))
     progress("compiling the FP32 graphs")
-    pipeline = Pipeline.from_files(recipe, contract, files, device=device, precision="f32")
+    pipeline = pipeline_class(recipe).from_files(recipe, contract, files, device=device, precision="f32")
     wanted = num_samples + holdout
-    with _dataset_or_synthetic(data, split, wanted, seed, progress, warn) as (dataset, synthetic), \
-            atomic_output_dir(out) as tmp:
-        frames, skipped = _collect(recipe, dataset, pipeline, tmp, wanted, num_samples, on_bad_frame, progress, warn)
+    with dataset_or_synthetic(recipe, data, split, wanted, seed, progress, warn, SYNTHETIC_WARNING) \
+            as (dataset, synthetic), atomic_output_dir(out) as tmp:
+        frames, skipped = _collect(dataset, pipeline, tmp, wanted, num_samples, on_bad_frame, progress, warn)
         if len(frames) < wanted:
             raise QuantizeError(
                 f"{dataset.root}: only {len(frames)} usable frames of {len(dataset)} ({len(skipped)} skipped); "
@@ -148,12 +120,10 @@ def calibrate(recipe, onnx_dir: os.PathLike, data: Optional[os.PathLike], out: o
             "dataset": {"root": None if synthetic else str(dataset.root), "layout": dataset.layout,
                         "split": split, "synthetic": synthetic, "seed": seed if synthetic else None},
             "warning": SYNTHETIC_WARNING if synthetic else None,
-            "static_voxels": recipe.export.static_voxels,
-            "intensity_scale": recipe.input.intensity_scale,
+            "settings": pipeline.settings(),
             "frames": frames,
             "skipped": skipped,
-            "frames_with_dropped_pillars": sum(1 for f in frames if f["dropped_pillars"]),
-            "graphs": sorted(recipe.quantize.graphs),
+            "graphs": deploy_graphs(recipe),
             "seconds": {stage: round(t, 3) for stage, t in sorted(pipeline.seconds.items())},
             "sha256": _set_hash(tmp, recipe.quantize.graphs),
         }

@@ -1,7 +1,10 @@
-"""`bevport quantize`: NNCF post-training quantization of the four deploy graphs, with the recipe's settings.
+"""`bevport quantize`: NNCF post-training quantization of the recipe's deploy graphs, with the recipe's settings.
 
 For each graph the output folder receives the FP32 IR (`<onnx stem>.xml/.bin`) and the INT8 IR under the deploy
-binary's name (`quantized_<graph>.xml/.bin`), then the FP32-vs-INT8 report on the held-out frames.
+binary's name (`quantized_<graph>.xml/.bin`), then the FP32-vs-INT8 report on the held-out frames. An INT8 IR in
+which NNCF quantized nothing (the V2X PFE) is an FP32 graph: its IR records INFERENCE_PRECISION_HINT=f32 in its
+rt_info (`runtime_options`), which bevport's runtime applies wherever it compiles it (OpenVINO itself does not read
+that key: a loader must pass it to compile_model).
 The same ONNX and calibration set give byte-identical IRs: frames are fed in manifest order and nothing is sampled.
 """
 from __future__ import annotations
@@ -20,7 +23,8 @@ from bevport.contract import build_contract
 from bevport.errors import QuantizeError
 from bevport.fsutil import atomic_output_dir, sha256_file
 from bevport.quantize.calibrate import frame_files, load_feed, load_manifest, onnx_files
-from bevport.runtime.graphs import check_ports, read_graph
+from bevport.runtime.graphs import check_ports, read_graph, source_graph
+from bevport.runtime.precision import pin_f32, pinned_hint
 
 _AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
 
@@ -65,7 +69,7 @@ def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: P
                     out: Path, target_device: Optional[str]) -> Dict:
     import nncf
 
-    spec = contract[recipe.quantize.graphs[graph].source]
+    spec = contract[source_graph(recipe, graph)]
     model = read_graph(core, onnx, spec)
     fp32_path = out / f"{onnx.stem}.xml"
     save_ir(model, fp32_path, compress_to_fp16=False)
@@ -78,11 +82,15 @@ def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: P
                                   **_nncf_settings(recipe, graph, target_device))
     seconds = time.perf_counter() - start
     int8_path = out / f"{recipe.quantize.graphs[graph].ir}.xml"
+    fake_quantize = count_fake_quantize(quantized)
+    if not fake_quantize:
+        pin_f32(quantized)   # nothing was quantized: it stays an FP32 graph, which must not run in bf16
     save_ir(quantized, int8_path, compress_to_fp16=bool(recipe.quantize.compress_to_fp16))
     check_ports(core.read_model(str(int8_path)), spec, int8_path)
     return {"onnx": onnx.name, "fp32_ir": fp32_path.name, "int8_ir": int8_path.name,
             "calibration_frames": len(files), "subset_size": min(subset, len(files)),
-            "fake_quantize_ops": count_fake_quantize(quantized),
+            "fake_quantize_ops": fake_quantize,
+            "inference_precision": pinned_hint(quantized) or "default",
             "nncf_seconds": round(seconds, 2),
             "ignored_types": list(recipe.quantize.graphs[graph].get("ignored_types") or [])}
 
@@ -124,8 +132,8 @@ def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.Path
     core = ov.Core()
     with atomic_output_dir(out) as tmp:
         graphs = {}
-        for graph in ("camera", "lidar_pfe", "fuser", "head"):
-            source = recipe.quantize.graphs[graph].source
+        for graph in recipe.quantize.graphs:
+            source = source_graph(recipe, graph)
             progress(f"quantizing {graph} ({files[source].name}) on "
                      f"{len(frame_files(calib_dir, manifest, graph, 'calibration'))} calibration frames")
             graphs[graph] = _quantize_graph(core, recipe, contract, graph, files[source], Path(calib_dir),

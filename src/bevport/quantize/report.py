@@ -7,48 +7,21 @@ that never forces f32 gets, and the INT8 IR with the f32 hint, which isolates th
 from __future__ import annotations
 
 import json
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from bevport.quantize.calibrate import frame_files, load_feed
-from bevport.runtime.graphs import compile_graph, read_graph
+from bevport.runtime.drift import Drift
+from bevport.runtime.graphs import compile_graph, read_graph, source_graph
 
 # (label, IR kind, precision hint): the variants measured per graph, the first being the drift reference.
 VARIANTS = (("fp32 (f32)", "fp32", "f32"), ("fp32 (default)", "fp32", "default"),
             ("int8 (default)", "int8", "default"), ("int8 (f32)", "int8", "f32"))
 REFERENCE = VARIANTS[0][0]
 FLAGGED = "int8 (default)"
-
-
-@dataclass
-class Drift:
-    """Streaming comparison of one output against the reference, over all held-out frames."""
-    ref_energy: float = 0.0
-    err_energy: float = 0.0
-    dot: float = 0.0
-    out_energy: float = 0.0
-    max_abs: float = 0.0
-
-    def add(self, ref: np.ndarray, out: np.ndarray) -> None:
-        r, o = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
-        self.ref_energy += float(r @ r)
-        self.err_energy += float((r - o) @ (r - o))
-        self.dot += float(r @ o)
-        self.out_energy += float(o @ o)
-        self.max_abs = max(self.max_abs, float(np.max(np.abs(r - o))) if r.size else 0.0)
-
-    def summary(self) -> Dict[str, float]:
-        norms = math.sqrt(self.ref_energy * self.out_energy)
-        cosine = self.dot / norms if norms > 0 else float(self.ref_energy == self.out_energy)
-        snr = None  # identical outputs: no error to measure
-        if self.err_energy > 0:
-            snr = 10 * math.log10(self.ref_energy / self.err_energy) if self.ref_energy > 0 else -999.0
-        return {"cosine": cosine, "snr_db": snr, "max_abs_error": self.max_abs}
 
 
 def _latency_ms(compiled, feed: Dict[str, np.ndarray], runs: int) -> Dict[str, float]:
@@ -105,7 +78,7 @@ def build_report(recipe, contract, ir_dir: Path, calib_dir: Path, manifest: Dict
     graphs, flags = {}, []
     for graph, entry in summary["graphs"].items():
         progress(f"report: {graph} on {sum(f['role'] == 'holdout' for f in manifest['frames'])} held-out frames")
-        spec = contract[recipe.quantize.graphs[graph].source]
+        spec = contract[source_graph(recipe, graph)]
         paths = {"fp32": ir_dir / entry["fp32_ir"], "int8": ir_dir / entry["int8_ir"]}
         report = _graph_report(core, spec, paths, frame_files(calib_dir, manifest, graph, "holdout"), runs, device)
         report["bytes"] = {"fp32": _sizes(ir_dir, paths["fp32"].stem), "int8": _sizes(ir_dir, paths["int8"].stem)}
@@ -130,32 +103,48 @@ def build_report(recipe, contract, ir_dir: Path, calib_dir: Path, manifest: Dict
     }
 
 
-def _markdown(report: Dict) -> str:
-    lines = [f"# Quantization report: {report['recipe']}", ""]
-    if report["warning"]:
+def report_markdown(report: Dict, latency: bool = True, note: Optional[str] = None) -> str:
+    """The report as markdown: the drift table, latency and size per graph (sizes only with latency=False, for a
+    report whose timings were taken out), the flags, then `note` if given. Fields a report read back from disk may
+    lack are shown as None / nan rather than raising."""
+    frames = report.get("heldout_frames") or []
+    lines = [f"# Quantization report: {report.get('recipe')}", ""]
+    if report.get("warning"):
         lines += [f"> **WARNING: {report['warning']}**", ""]
-    lines += [f"Reference: {report['reference']} ({report['device_name']}). Drift over {len(report['heldout_frames'])} "
-              f"held-out frames ({', '.join(report['heldout_frames'])}), never used for calibration "
-              f"({report['calibration_frames']} frames).", ""]
+    lines += [f"Reference: {report.get('reference')} ({report.get('device_name')}). Drift over {len(frames)} held-out "
+              f"frames ({', '.join(map(str, frames))}), never used for calibration "
+              f"({report.get('calibration_frames')} frames).", ""]
     lines += ["## Drift against FP32 (f32)", "",
               "| graph | output | variant | cosine | SNR (dB) | max abs error |", "|---|---|---|---:|---:|---:|"]
-    for graph, g in report["graphs"].items():
-        for name, variants in g["outputs"].items():
+    graphs = report.get("graphs") or {}
+    for graph, g in graphs.items():
+        for name, variants in (g.get("outputs") or {}).items():
             for label, m in variants.items():
-                snr = "identical" if m["snr_db"] is None else f"{m['snr_db']:.1f}"
-                lines.append(f"| {graph} | {name} | {label} | {m['cosine']:.6f} | {snr} | "
-                             f"{m['max_abs_error']:.3g} |")
-    lines += ["", f"## Latency on {report['device']} (median ms) and size", "",
-              "| graph | FP32 (default) | FP32 (f32) | INT8 | INT8 speed-up vs f32 | FakeQuantize ops | FP32 MB | INT8 MB |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for graph, g in report["graphs"].items():
-        lat = g["latency"]
-        lines.append(f"| {graph} | {lat['fp32 (default)']['median_ms']:.1f} | {lat['fp32 (f32)']['median_ms']:.1f} | "
-                     f"{lat['int8 (default)']['median_ms']:.1f} | {g['int8_speedup_vs_fp32_f32']:.2f}x | "
-                     f"{g['fake_quantize_ops']} | {g['bytes']['fp32'] / 1e6:.1f} | {g['bytes']['int8'] / 1e6:.1f} |")
+                snr = "identical" if m.get("snr_db") is None else f"{m['snr_db']:.1f}"
+                lines.append(f"| {graph} | {name} | {label} | {m.get('cosine', float('nan')):.6f} | {snr} | "
+                             f"{m.get('max_abs_error', float('nan')):.3g} |")
+    title, head, rule = "## Size", "| graph |", "|---|"
+    if latency:
+        title = f"## Latency on {report.get('device')} (median ms) and size"
+        head += " FP32 (default) | FP32 (f32) | INT8 | INT8 speed-up vs f32 |"
+        rule += "---:|---:|---:|---:|"
+    lines += ["", title, "", head + " FakeQuantize ops | FP32 MB | INT8 MB |", rule + "---:|---:|---:|"]
+    for graph, g in graphs.items():
+        row = f"| {graph} |"
+        if latency:
+            lat = g["latency"]
+            row += (f" {lat['fp32 (default)']['median_ms']:.1f} | {lat['fp32 (f32)']['median_ms']:.1f} | "
+                    f"{lat['int8 (default)']['median_ms']:.1f} | {g['int8_speedup_vs_fp32_f32']:.2f}x |")
+        size = g.get("bytes") or {}
+        lines.append(f"{row} {g.get('fake_quantize_ops')} | {size.get('fp32', 0) / 1e6:.1f} | "
+                     f"{size.get('int8', 0) / 1e6:.1f} |")
+    threshold = report.get("min_snr_db")
+    threshold = f"{threshold:g}" if isinstance(threshold, (int, float)) else threshold
     lines += ["", "## Flags", ""]
-    lines += [f"- {flag}" for flag in report["flags"]] or [f"None: every INT8 output is at or above "
-                                                          f"{report['min_snr_db']:g} dB SNR."]
+    lines += [f"- {flag}" for flag in report.get("flags") or []] or \
+             [f"None: every INT8 output is at or above {threshold} dB SNR."]
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -202,6 +191,6 @@ def write_report(recipe, contract, ir_dir: Path, calib_dir: Path, manifest: Dict
     """report.json, report.md and report.png in `ir_dir`."""
     report = build_report(recipe, contract, ir_dir, calib_dir, manifest, summary, device, latency_runs, progress)
     (ir_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (ir_dir / "report.md").write_text(_markdown(report))
+    (ir_dir / "report.md").write_text(report_markdown(report))
     _plot(report, ir_dir / "report.png")
     return report

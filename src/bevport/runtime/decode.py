@@ -219,13 +219,14 @@ def decode_tasks(task_outputs: Sequence[Mapping[str, np.ndarray]], recipe: "Reci
 
 
 def decode(head_outputs: Mapping[str, np.ndarray], recipe: "Recipe", contract: "Contract") -> Detections:
-    """Detections of one frame from the head graph's outputs (tensor name -> array), matched by contract role."""
-    tasks: List[Dict[str, np.ndarray]] = [{} for _ in recipe.model.head.tasks]
-    for spec in contract["head"].outputs:
-        if spec.role is None:
-            continue
-        t, attr = spec.role
-        if spec.name not in head_outputs:
-            raise KeyError(f"head output `{spec.name}` (task {t} {attr}) missing; got {sorted(head_outputs)}")
-        tasks[t][attr] = head_outputs[spec.name]
+    """Detections of one frame from the head tensors (name -> array), split into task attributes by the contract's
+    head layout (one tensor per attribute, or channel slices of a packed tensor)."""
+    tasks: List[Dict[str, np.ndarray]] = []
+    for t, attributes in enumerate(contract.head_layout()):
+        task = {}
+        for attr, (name, start, stop) in attributes.items():
+            if name not in head_outputs:
+                raise KeyError(f"head output `{name}` (task {t} {attr}) missing; got {sorted(head_outputs)}")
+            task[attr] = np.asarray(head_outputs[name])[:, start:stop]
+        tasks.append(task)
     return decode_tasks(tasks, recipe)

@@ -6,14 +6,12 @@ by exact name, so a port that lost or gained a name (onnxsim, NNCF) is as wrong 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from bevport.contract import GraphSpec
 from bevport.errors import GraphError
+from bevport.runtime.precision import compile_config
 
-# INFERENCE_PRECISION_HINT per precision name. "default" is what a deployment gets: on CPUs with AMX or AVX512-BF16
-# OpenVINO runs FP32 IRs in bf16. "f32" forces full precision, which every parity and drift reference uses.
-PRECISION_HINTS = {"default": {}, "f32": {"INFERENCE_PRECISION_HINT": "f32"}}
 _OV_TYPES = {"float32": "f32", "int32": "i32"}
 
 
@@ -57,7 +55,9 @@ def check_ports(model, spec: GraphSpec, path: Path) -> None:
 
 
 def compile_graph(core, model, device: str = "CPU", precision: str = "f32", config: Optional[Dict] = None):
-    settings = dict(PRECISION_HINTS[precision])
+    """Compile with the inference precision `precision` asks for (see `bevport.runtime.precision.REQUESTS`): "f32",
+    or "default" (the device's own, bf16 on AMX CPUs), where a graph pinned to f32 in its IR stays f32."""
+    settings = compile_config(model, precision)
     settings.update(config or {})
     return core.compile_model(model, device, settings)
 
@@ -68,8 +68,14 @@ def infer(compiled, spec: GraphSpec, inputs: Dict) -> Dict:
     return {t.name: result[compiled.output(t.name)] for t in spec.outputs}
 
 
-# Stage keys of the pipeline -> the recipe's quantize.graphs keys (the deploy binary's --int8-<stage> names).
-STAGE_OF_GRAPH = {"camera": "camera", "lidar_pfe": "lidar_pfe_static", "fuser": "fuser", "head": "head"}
+def deploy_graphs(recipe) -> List[str]:
+    """The graphs a frame passes through, by contract key: those the recipe quantizes for the deploy binary."""
+    return list(recipe.quantize.graphs)
+
+
+def source_graph(recipe, graph: str) -> str:
+    """The export graph a deploy graph is quantized from (`quantize.graphs.<graph>.source`, default itself)."""
+    return recipe.quantize.graphs[graph].get("source", graph)
 
 
 def model_folder(recipe, bundle: Path) -> Path:
@@ -81,36 +87,39 @@ def model_folder(recipe, bundle: Path) -> Path:
     return nested if nested.is_dir() else bundle
 
 
-def fp32_candidates(recipe, contract, graph: str, folder: Path):
-    """The FP32 graph of a stage: the exported ONNX (what the deploy binary loads), else its FP32 IR."""
-    onnx = folder / contract[STAGE_OF_GRAPH[graph]].file
+def fp32_candidates(contract, graph: str, folder: Path) -> List[Path]:
+    """The FP32 files of a deploy graph: the exported ONNX (what the deploy binary loads), else its FP32 IR."""
+    onnx = folder / contract[graph].file
     return [onnx, onnx.with_suffix(".xml")]
 
 
 def resolve_graphs(recipe, contract, bundle: Path, int8: Dict[str, bool], warn) -> Dict[str, Path]:
-    """The graph file per pipeline stage for the requested precisions, with the deploy binary's one fallback:
-    a missing INT8 PFE falls back to the FP32 PFE; every other missing file is an error."""
+    """The file per deploy graph for the requested precisions. A missing INT8 IR is an error, except where the
+    recipe gives the deploy binary's fallback (`quantize.graphs.<graph>.fp32_fallback`)."""
     folder = model_folder(recipe, bundle)
     files = {}
-    for graph, stage in STAGE_OF_GRAPH.items():
-        fp32 = next((p for p in fp32_candidates(recipe, contract, graph, folder) if p.is_file()), None)
+    for graph in deploy_graphs(recipe):
+        candidates = fp32_candidates(contract, graph, folder)
+        fp32 = next((p for p in candidates if p.is_file()), None)
         if int8.get(graph):
-            quantized = folder / f"{recipe.quantize.graphs[graph].ir}.xml"
+            settings = recipe.quantize.graphs[graph]
+            quantized = folder / f"{settings.ir}.xml"
             if quantized.is_file():
-                files[stage] = quantized
+                files[graph] = quantized
                 continue
-            if graph != "lidar_pfe":
-                raise GraphError(f"{folder}: {quantized.name} is missing; only the PFE falls back to FP32 "
+            if not settings.get("fp32_fallback", False):
+                raise GraphError(f"{folder}: {quantized.name} is missing; {graph} has no FP32 fallback "
                                  "(as in the deploy binary)",
-                                 f"produce it with `bevport quantize`, or run with --fp32 / without --int8-{graph}")
+                                 f"produce it with `bevport quantize`, or run with --fp32 / without {graph} in "
+                                 "--int8-graphs")
             if fp32 is not None:
-                warn(f"{quantized.name} not in {folder}: the PFE falls back to FP32 {fp32.name}, "
+                warn(f"{quantized.name} not in {folder}: {graph} falls back to FP32 {fp32.name}, "
                      "as the deploy binary does")
         if fp32 is None:
-            names = " or ".join(p.name for p in fp32_candidates(recipe, contract, graph, folder))
+            names = " or ".join(p.name for p in candidates)
             raise GraphError(f"{folder}: the FP32 {graph} graph ({names}) is missing",
                              "copy it from the `bevport export` output (or its FP32 IR from `bevport quantize`)")
-        files[stage] = fp32
+        files[graph] = fp32
     return files
 
 

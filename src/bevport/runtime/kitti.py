@@ -32,6 +32,7 @@ import numpy as np
 from bevport.data.calib import Calibration
 from bevport.data.kitti import KittiObject, write_label_file
 from bevport.fsutil import atomic_write_bytes
+from bevport.geometry.boxes import box_corners, wrap_angle
 
 KITTI_SCORE_THRESHOLD = 0.45
 # result2kitti's category_map_dair; model classes missing here (construction_vehicle, barrier, traffic_cone) are dropped
@@ -43,11 +44,6 @@ KITTI_TO_MODEL = {"Car": "car", "Van": "car", "Truck": "truck", "Bus": "bus", "P
 _DEPLOY_NAMES = {"traffic_cone": "Trafficcone"}   # every other class: str.capitalize() (Construction_vehicle, ...)
 LIDAR_FOLDER, KITTI_FOLDER = "lidar", "kitti"
 HEADINGS = ("result2kitti", "dair2kitti")
-
-
-def wrap_angle(angle):
-    """Angle(s) wrapped into (−π, π]."""
-    return np.pi - np.mod(np.pi - np.asarray(angle, np.float64), 2 * np.pi)
 
 
 def _boxes(boxes) -> np.ndarray:
@@ -81,14 +77,6 @@ def deploy_lines(boxes, scores, labels, class_names: Sequence[str]) -> List[str]
 
 # ------------------------------------------------------------------------------------------ camera-frame KITTI
 
-def lidar_box_corners(box: Sequence[float]) -> np.ndarray:
-    """[8,3] corners of a model box: dy along the heading (LiDAR x at yaw 0), dx across, z_bottom .. z_bottom + dz."""
-    x, y, z, dx, dy, dz, yaw = (float(v) for v in box[:7])
-    local = np.array([[sx * dy / 2, sy * dx / 2, sz * dz] for sz in (0, 1) for sy in (1, -1) for sx in (1, -1)])
-    c, s = math.cos(yaw), math.sin(yaw)
-    return local @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]]) + [x, y, z]
-
-
 def _to_camera(points: np.ndarray, calib: Calibration) -> np.ndarray:
     m = calib.lidar2cam
     return np.asarray(points, np.float64) @ m[:3, :3].T + m[:3, 3]
@@ -112,6 +100,12 @@ def _check_heading(heading: str) -> None:
         raise ValueError(f"heading must be one of {HEADINGS}, got {heading!r}")
 
 
+def _camera_direction(calib: Calibration, yaw: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Camera-frame x and z of the horizontal LiDAR direction(s) `yaw`."""
+    r = calib.lidar2cam[:3, :3]
+    return r[0, 0] * np.cos(yaw) + r[0, 1] * np.sin(yaw), r[2, 0] * np.cos(yaw) + r[2, 1] * np.sin(yaw)
+
+
 def rotation_y(yaw: np.ndarray, calib: Calibration, heading: str = "result2kitti") -> np.ndarray:
     """KITTI rotation_y of model yaws: π/2 − yaw (result2kitti) or −atan2(hz, hx) of the camera-frame direction
     (dair2kitti); wrapped into (−π, π]."""
@@ -119,8 +113,7 @@ def rotation_y(yaw: np.ndarray, calib: Calibration, heading: str = "result2kitti
     yaw = np.asarray(yaw, np.float64)
     if heading == "result2kitti":
         return wrap_angle(np.pi / 2 - yaw)
-    r = calib.lidar2cam[:3, :3]
-    hx, hz = r[0, 0] * np.cos(yaw) + r[0, 1] * np.sin(yaw), r[2, 0] * np.cos(yaw) + r[2, 1] * np.sin(yaw)
+    hx, hz = _camera_direction(calib, yaw)
     return wrap_angle(-np.arctan2(hz, hx))
 
 
@@ -135,7 +128,7 @@ def lidar_yaw(rotation_y_: np.ndarray, calib: Calibration, heading: str = "resul
     a = r[0, 0] * np.sin(ry) + r[2, 0] * np.cos(ry)
     b = r[0, 1] * np.sin(ry) + r[2, 1] * np.cos(ry)
     yaw = np.arctan2(-a, b)                     # camera direction (hx, hz) is perpendicular to (sin ry, cos ry)
-    hx, hz = r[0, 0] * np.cos(yaw) + r[0, 1] * np.sin(yaw), r[2, 0] * np.cos(yaw) + r[2, 1] * np.sin(yaw)
+    hx, hz = _camera_direction(calib, yaw)
     return wrap_angle(np.where(hx * np.cos(ry) - hz * np.sin(ry) < 0, yaw + np.pi, yaw))
 
 
@@ -151,7 +144,7 @@ def kitti_object(box: Sequence[float], kitti_type: str, score: Optional[float], 
     location = _to_camera([[x, y, z]], calib)[0]
     ry = float(rotation_y(yaw, calib, heading))
     alpha = float(wrap_angle(ry - math.atan2(location[0], location[2])))
-    bbox = image_box(_to_camera(lidar_box_corners(box), calib), calib, image_size)
+    bbox = image_box(_to_camera(box_corners(box)[0], calib), calib, image_size)
     return KittiObject(type=kitti_type, truncated=0.0, occluded=0, alpha=alpha, bbox=bbox, dimensions=(dz, dx, dy),
                        location=tuple(float(v) for v in location), rotation_y=ry,
                        score=None if score is None else float(score))

@@ -14,11 +14,12 @@ import numpy as np
 
 from bevport.contract import build_contract
 from bevport.errors import BevportError
-from bevport.quantize.report import Drift
 from bevport.runtime.decode import Detections
-from bevport.runtime.graphs import STAGE_OF_GRAPH, compile_graph, infer, read_graph, resolve_graphs
-from bevport.runtime.infer import (GRAPHS, RuntimeOptions, dataset_or_synthetic, iterate_frames, json_dump,
-                                   open_core, open_pipeline, stage_precisions)
+from bevport.runtime.drift import Drift
+from bevport.formats import dataset_or_synthetic
+from bevport.runtime.graphs import compile_graph, deploy_graphs, infer, read_graph, resolve_graphs
+from bevport.runtime.infer import (RuntimeOptions, graph_precisions, iterate_frames, json_dump, open_core,
+                                   open_pipeline, with_precisions)
 
 
 class ValidationFailed(BevportError):
@@ -29,17 +30,17 @@ def compile_all(recipe, contract, bundle: Path, options: RuntimeOptions, core, w
     """Compile the FP32 and the INT8 graph of every stage on the device; a failure is recorded, not raised."""
     status = {}
     for precision, int8 in (("fp32", False), ("int8", True)):
-        files = resolve_graphs(recipe, contract, bundle, stage_precisions(fp32=not int8, int8=int8), warn)
-        for stage, path in files.items():
+        files = resolve_graphs(recipe, contract, bundle, graph_precisions(recipe, fp32=not int8, int8=int8), warn)
+        for graph, path in files.items():
             start = time.perf_counter()
             entry = {"file": path.name}
             try:
                 hint = "default" if path.name.startswith("quantized_") else options.inference_precision
-                compile_graph(core, read_graph(core, path, contract[stage]), options.device, hint)
+                compile_graph(core, read_graph(core, path, contract[graph]), options.device, hint)
                 entry.update(compiled=True, seconds=round(time.perf_counter() - start, 3))
             except RuntimeError as exc:
                 entry.update(compiled=False, error=str(exc).splitlines()[0])
-            status[f"{stage}/{precision}"] = entry
+            status[f"{graph}/{precision}"] = entry
     return status
 
 
@@ -105,17 +106,17 @@ def run_validate(recipe, bundle: Path, data, options: RuntimeOptions, out: Path,
 
 def _compare(recipe, contract, bundle, data, options, core, num_samples, split, seed, first_frame, progress,
              warn) -> Dict:
-    fp32 = open_pipeline(recipe, bundle, _with(options, stage_precisions(fp32=True)), warn, core)
-    int8 = open_pipeline(recipe, bundle, _with(options, stage_precisions(int8=True)), warn, core)
-    drift = {g: {t.name: Drift() for t in contract[STAGE_OF_GRAPH[g]].outputs} for g in GRAPHS}
+    fp32 = open_pipeline(recipe, bundle, with_precisions(options, graph_precisions(recipe, fp32=True)), warn, core)
+    int8 = open_pipeline(recipe, bundle, with_precisions(options, graph_precisions(recipe, int8=True)), warn, core)
+    graphs = deploy_graphs(recipe)
+    drift = {g: {t.name: Drift() for t in contract[g].outputs} for g in graphs}
     matches, frames, skipped = [], [], []
-    with dataset_or_synthetic(data, split, num_samples, seed, progress, warn) as dataset:
+    with dataset_or_synthetic(recipe, data, split, num_samples, seed, progress, warn) as (dataset, _):
         for outcome in iterate_frames(fp32, dataset, num_samples, "skip", warn, skipped, first_frame):
             progress(f"frame {outcome.frame.id}: FP32 vs INT8")
-            for graph in GRAPHS:
-                stage = STAGE_OF_GRAPH[graph]
-                quantized = infer(int8.compiled[stage], contract[stage], outcome.result.feeds[stage])
-                for name, ref in outcome.result.outputs[stage].items():
+            for graph in graphs:
+                quantized = infer(int8.pipeline.compiled[graph], contract[graph], outcome.result.feeds[graph])
+                for name, ref in outcome.result.outputs[graph].items():
                     drift[graph][name].add(ref, quantized[name])
             int8_result = int8.run(outcome.result.inputs)
             bounds = recipe.runtime.validate
@@ -125,11 +126,6 @@ def _compare(recipe, contract, bundle, data, options, core, num_samples, split, 
     return {"frames": frames, "skipped": skipped,
             "drift": {g: {name: d.summary() for name, d in outs.items()} for g, outs in drift.items()},
             "boxes": _summarize_matches(matches), "stages": {"fp32": fp32.describe(), "int8": int8.describe()}}
-
-
-def _with(options: RuntimeOptions, int8: Dict[str, bool]) -> RuntimeOptions:
-    return RuntimeOptions(options.device, int8, options.inference_precision, options.cache_dir,
-                          options.channel_order, options.throughput)
 
 
 def _check_bounds(report: Dict, bounds) -> List[str]:

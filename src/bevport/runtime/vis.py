@@ -1,7 +1,7 @@
 """Pictures of detections: the camera image with projected 3D boxes, a bird's-eye view (BEV) canvas, the two side by
-side with a one-line HUD, and an MP4 writer — what the deploy binary's `--vis` shows (x 0..102.4 m, y -51.2..51.2 m,
-800x800 BEV canvas; MP4 at 25 fps, downscaled to fit 1280x720). NumPy + Pillow only (imageio-ffmpeg or OpenCV for
-video).
+side with a one-line HUD, and an MP4 writer — what the deploy binary's `--vis` shows (800x800 BEV canvas over the
+ranges the caller passes, the recipe's decoding range; MP4 at 25 fps, downscaled to fit 1280x720). Class names come
+from the caller too. NumPy + Pillow only (imageio-ffmpeg or OpenCV for video).
 
 Box conventions (LiDAR frame, x forward, y left, z up):
 
@@ -10,7 +10,8 @@ Box conventions (LiDAR frame, x forward, y left, z up):
   rotation BEVHeight's gen_info passes through as yaw, so yaw is the physical heading: the front face is the one at
   +dy/2 along (cos yaw, sin yaw).
 * physical boxes [N,7] = (x, y, z_center, l, w, h, heading) (synthetic scenes, KITTI labels through camera2lidar)
-  become model boxes with `model_boxes_from_physical`, so that every drawing goes through one `box_corners`.
+  become model boxes with `model_boxes_from_physical`, so that every drawing goes through one `box_corners`
+  (bevport.geometry.boxes, which the synthetic scenes and the KITTI writers use too).
 
 BEV canvas orientation: x (forward) points up, y (left) points left; the sensor sits at the bottom centre.
 """
@@ -25,12 +26,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bevport.errors import BevportError
+from bevport.geometry.boxes import box_corners
 
 Color = Tuple[int, int, int]
 PathLike = Union[str, "os.PathLike[str]"]
-
-DEFAULT_CLASS_NAMES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-                       "pedestrian", "traffic_cone")
 
 # One colour per class, the same in the camera view and on the BEV canvas: saturated, told apart on a dark canvas
 # and on a daylight photo, and none of them grey (grey/white is ground truth).
@@ -63,8 +62,7 @@ _RESAMPLE = getattr(Image, "Resampling", Image)     # Pillow >= 9.1 has Image.Re
 
 # ------------------------------------------------------------------------------------------------------ geometry
 
-# Corner order: bottom 4 then top 4, each front-left, front-right, rear-right, rear-left ("front" = the heading).
-_CORNER_SIGNS = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], np.float64)       # (along heading, along left)
+# Corners as box_corners orders them: bottom 4 then top 4, each front-left, front-right, rear-right, rear-left.
 EDGES = ((0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7))
 FRONT_FACE = (0, 1, 5, 4)
 
@@ -83,24 +81,6 @@ def _as_boxes(boxes) -> np.ndarray:
     if b.ndim != 2 or b.shape[1] < 7:
         raise ValueError(f"boxes must be [N,>=7] (x, y, z_bottom, dx, dy, dz, yaw, ...), got shape {b.shape}")
     return b[:, :7]
-
-
-def box_corners(boxes) -> np.ndarray:
-    """[N,8,3] LiDAR-frame corners of model boxes [N,>=7]: bottom 4 then top 4, each in the order front-left,
-    front-right, rear-right, rear-left, where the front is the physical heading yaw."""
-    b = _as_boxes(boxes)
-    heading = b[:, 6]
-    fwd = np.stack([np.cos(heading), np.sin(heading)], axis=1)            # [N,2]
-    left = np.stack([-fwd[:, 1], fwd[:, 0]], axis=1)
-    half_len, half_wid = b[:, 4:5] / 2, b[:, 3:4] / 2
-    xy = (b[:, None, :2] + _CORNER_SIGNS[None, :, 0:1] * (half_len * fwd)[:, None, :]
-          + _CORNER_SIGNS[None, :, 1:2] * (half_wid * left)[:, None, :])   # [N,4,2]
-    out = np.empty((len(b), 8, 3))
-    out[:, :4, :2] = xy
-    out[:, 4:, :2] = xy
-    out[:, :4, 2] = b[:, 2:3]
-    out[:, 4:, 2] = b[:, 2:3] + b[:, 5:6]
-    return out
 
 
 def front_midpoints(boxes) -> np.ndarray:
@@ -124,7 +104,7 @@ def project(points_lidar, calib) -> Tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------- colours, text
 
-def class_color(label, class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> Color:
+def class_color(label, class_names: Sequence[str]) -> Color:
     """The fixed colour of a class, given its index into class_names or its name."""
     if isinstance(label, str):
         name, index = label, (list(class_names).index(label) if label in class_names else len(class_names))
@@ -263,7 +243,7 @@ def _labels_scores(boxes: np.ndarray, labels, scores, score_threshold: float):
 class BevCanvas:
     """Metres <-> pixels of a square BEV canvas: x (forward) up, y (left) left."""
 
-    def __init__(self, size: int = 800, x_range=(0.0, 102.4), y_range=(-51.2, 51.2)):
+    def __init__(self, size: int, x_range: Tuple[float, float], y_range: Tuple[float, float]):
         self.size = int(size)
         self.x_range = (float(x_range[0]), float(x_range[1]))
         self.y_range = (float(y_range[0]), float(y_range[1]))
@@ -481,13 +461,14 @@ def _legend(image: Image.Image, ui: float, classes: Sequence[Tuple[str, Color]],
 
 
 def bev_image(points, pred_boxes, pred_labels, pred_scores, gt_boxes=None, gt_labels=None, *,
-              class_names: Sequence[str] = DEFAULT_CLASS_NAMES, size: int = 800, x_range=(0.0, 102.4),
-              y_range=(-51.2, 51.2), score_threshold: float = 0.0, color_by: str = "height",
+              class_names: Sequence[str], x_range: Tuple[float, float], y_range: Tuple[float, float],
+              size: int = 800, score_threshold: float = 0.0, color_by: str = "height",
               title: Optional[str] = None, legend: bool = True) -> Image.Image:
-    """The BEV canvas: grid every 10 m, LiDAR points coloured by height (or intensity), predicted boxes in their
-    class colour with a heading tick to the front edge, ground truth as dashed light outlines (tinted toward the
-    class colour when gt_labels is given), the sensor, a 10 m scale bar and a legend. x forward is up, y left is
-    left. Boxes are model-convention [N,>=7]; labels index class_names (or are names)."""
+    """The BEV canvas over x_range x y_range (metres; the recipe's decoding range): grid every 10 m, LiDAR points
+    coloured by height (or intensity), predicted boxes in their class colour with a heading tick to the front edge,
+    ground truth as dashed light outlines (tinted toward the class colour when gt_labels is given), the sensor, a
+    10 m scale bar and a legend. x forward is up, y left is left. Boxes are model-convention [N,>=7]; labels index
+    class_names (or are names)."""
     geo = BevCanvas(size, x_range, y_range)
     ui = geo.size / 800.0
     base = np.empty((geo.size, geo.size, 3), np.uint8)
@@ -583,7 +564,7 @@ def _tag(image: Image.Image, rect, text: str, size: int, color: Color) -> None:
 
 
 def camera_image(image, calib, pred_boxes, pred_labels, pred_scores, gt_boxes=None, *,
-                 class_names: Sequence[str] = DEFAULT_CLASS_NAMES, score_threshold: float = 0.0,
+                 class_names: Sequence[str], score_threshold: float = 0.0,
                  show_scores: bool = True) -> Image.Image:
     """The camera image with every box projected through calib (12 edges in the class colour, the front face
     shaded, a `name score` tag), ground truth as thin light edges on top. Boxes with a corner at depth <= 0.1 m, or
