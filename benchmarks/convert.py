@@ -17,6 +17,7 @@ from pathlib import Path
 from bevport.convert.plan import ConvertRequest
 from bevport.convert.run import run_convert
 from bevport.convert.runner import IMAGES, image_tag
+from export import host  # benchmarks/export.py: the CPU and the ISA OpenVINO uses
 
 
 def image_sizes():
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/convert.json"))
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"frames": args.frames, "runners": {}, "image_mib": image_sizes()}
+    result = {"frames": args.frames, "runners": {}, "image_mib": image_sizes(), "host": host()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         from bevport.cli import main as bevport

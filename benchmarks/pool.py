@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 from bevport.geometry.lss import bev_pool, geometry, pool_table
 from bevport.geometry.voxelize import _assign, _features, scatter, voxelize_for_deploy
 from bevport.recipe import load_recipe
+from export import host  # benchmarks/export.py: the CPU and the ISA OpenVINO uses
 
 
 def median_ms(fn, repeat):
@@ -119,8 +118,7 @@ def main() -> None:
                      "voxelize_for_deploy_ms": deploy_ms, "assign_ms": assign_ms, "fill_ms": fill_ms,
                      "scatter_ms": scatter_ms},
         "repeat": args.repeat,
-        "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                 "python": platform.python_version(), "numpy": np.__version__},
+        "host": dict(host(), numpy=np.__version__),
     }
     if args.onnx is not None and (args.onnx / "camera.backbone.onnx").is_file():
         result["camera_graph_f32_ms"], result["host"]["openvino"] = camera_graph_ms(args.onnx, 5)
