@@ -32,6 +32,22 @@ def test_convert_in_docker_gives_a_verified_bundle(synthetic_ckpt, scenes, tmp_p
     assert [f["id"] for f in manifest["frames"]] == ["000000", "000001", "000002"]
     validated = json.loads((tmp_path / "work" / "validate.json").read_text())
     assert validated["device"] == "CPU" and validated["frames"] == ["000003"]
+    # the image's NNCF/OpenVINO (older than the host's) made graphs with the recipe's properties: the PFE is kept
+    # FP32 and pinned to f32, the others are quantized; in the runtime image the INT8 PFE equals the FP32 one
+    ir = tmp_path / "work" / "ir"
+    graphs = json.loads((ir / "quantize.json").read_text())["graphs"]
+    assert graphs["lidar_pfe"]["fake_quantize_ops"] == 0 and graphs["lidar_pfe"]["precision"] == "fp32"
+    assert all(graphs[g]["fake_quantize_ops"] > 10 and graphs[g]["inference_precision"] == "default"
+               for g in ("camera", "fuser", "head"))
+    import openvino as ov
+
+    from bevport.runtime.precision import pinned_hint
+
+    assert pinned_hint(ov.Core().read_model(str(ir / "quantized_lidar_pfe.xml"))) == "f32"
+    assert validated["drift"]["lidar_pfe"]["pillar_features"]["snr_db"] is None
+    assert validated["stages"]["int8"]["lidar_pfe"]["inference_precision"] == "f32"
+    assert all(m["snr_db"] is not None and m["cosine"] > 0.5
+               for g in ("camera", "fuser", "head") for m in validated["drift"][g].values())
     states = {p.name: json.loads(p.read_text()) for p in (tmp_path / "work").glob("*.step.json")}
     assert {s["runner"] for s in states.values()} == {"docker"}
     assert states["export.step.json"]["image"] != states["validate.step.json"]["image"]   # two images

@@ -58,6 +58,23 @@ def test_read_kitti_calib(tmp_path):
     np.testing.assert_array_equal(calib.intrinsics, calib.P2[:, :3])
 
 
+@pytest.mark.parametrize("key, values, problem", [
+    ("R0_rect", "1 0 0 0 1 0 0 0 0", "R0_rect is singular"),
+    ("R0_rect", "1 0 0 1 0 0 0 0 1", "R0_rect is singular"),
+    ("P2", "nan 0 609 44 0 721 172 0.2 0 0 1 0.003", "P2 holds non-finite numbers"),
+    ("P2", "0 0 609 44 0 0 172 0.2 0 0 1 0.003", "P2[:, :3] is singular"),
+    ("Tr_velo_to_cam", "0 0 0 0 0 0 0 0 0 0 0 inf", "Tr_velo_to_cam holds non-finite numbers"),
+    ("Tr_velo_to_cam", "0 -1 0 0 0 0 -1 0 0 0 0 0", "Tr_velo_to_cam is singular"),
+])
+def test_calibration_that_cannot_place_points_is_refused(tmp_path, key, values, problem):
+    """A singular or non-finite calibration is a DatasetError naming the file (so the frame is skipped), never a
+    LinAlgError traceback or NaN geometry."""
+    lines = [f"{key}: {values}" if line.startswith(key + ":") else line for line in KITTI_CALIB.splitlines()]
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+    message = error_text(read_calib_file, tmp_path / "c.txt")
+    assert str(tmp_path / "c.txt") in message and problem in message
+
+
 def test_lidar2cam_uses_p2_offset():
     """KITTI projects a LiDAR point with P2 . R0 . Tr; K . lidar2cam must give the same pixel."""
     offset = np.array([0.06, -0.003, 0.0027])

@@ -144,7 +144,10 @@ def test_quantize_writes_fp32_and_int8_irs_with_the_deploy_names(quantized, cont
                                    "compress_to_fp16": False}
     counts = {g: summary["graphs"][g]["fake_quantize_ops"] for g in GRAPHS}
     assert counts["camera"] > 30 and counts["fuser"] > 10 and counts["head"] > 10
-    assert counts["lidar_pfe"] == 0  # the decoration path and its MatMul stay FP32 (recipe ignored scope)
+    assert counts["lidar_pfe"] == 0  # the recipe keeps the PFE FP32: NNCF never sees it
+    assert summary["graphs"]["lidar_pfe"]["precision"] == "fp32" and summary["graphs"]["camera"]["precision"] == "int8"
+    assert "Convolution" in summary["graphs"]["camera"]["quantized_types"]
+    assert summary["graphs"]["lidar_pfe"]["quantized_types"] == []
     # ... so its IR is an FP32 graph, pinned to f32 in its rt_info; the quantized ones keep the device default
     precisions = {g: summary["graphs"][g]["inference_precision"] for g in GRAPHS}
     assert precisions == {"camera": "default", "lidar_pfe": "f32", "fuser": "default", "head": "default"}
@@ -239,3 +242,17 @@ def test_intensity_converted_to_unit_range_is_caught_and_rescaled(exported, scen
     original = load_feed(calib / "lidar_pfe" / "000000.npz")["features"]
     np.testing.assert_allclose(rescaled, original, rtol=1e-6, atol=1e-4)
     assert json.loads((tmp_path / "raw" / "manifest.json").read_text())["settings"]["intensity_scale"] == 255.0
+
+
+def test_an_ignored_op_type_that_nncf_quantized_is_refused(quantized, recipe, tmp_path):
+    """The recipe's FP32 rules are checked on the produced IR, whichever NNCF made it: an INT8 fuser whose
+    convolutions carry FakeQuantize fails a recipe that says convolutions stay FP32."""
+    from bevport.errors import QuantizeError
+    from bevport.quantize.ptq import _check_rules, quantized_types
+
+    model = ov.Core().read_model(str(quantized / "quantized_fuser.xml"))
+    assert "Convolution" in quantized_types(model)
+    _check_rules(recipe, "fuser", model, tmp_path / "quantized_fuser.xml")          # the recipe ignores nothing
+    strict = recipe.updated({"quantize": {"graphs": {"fuser": {"ignored_types": ["Convolution"]}}}})
+    with pytest.raises(QuantizeError, match="quantized_fuser.xml: NNCF quantized Convolution"):
+        _check_rules(strict, "fuser", model, tmp_path / "quantized_fuser.xml")

@@ -166,6 +166,8 @@ def _validate_quantize(r: Recipe) -> None:
         check(source in r.export.graphs, r, f"quantize.graphs.{key}.source",
               f"is {source}; must be one of the export graphs {', '.join(r.export.graphs)}")
         check(isinstance(graph.ir, str) and graph.ir, r, f"quantize.graphs.{key}.ir", "must be a file stem")
+        check(graph.get("precision", "int8") in ("int8", "fp32"), r, f"quantize.graphs.{key}.precision",
+              f"is {graph.get('precision')!r}; must be int8 (NNCF) or fp32 (kept FP32 under the INT8 IR's name)")
         ignored = graph.get("ignored_types") or []
         check(isinstance(ignored, list) and all(isinstance(t, str) for t in ignored), r,
               f"quantize.graphs.{key}.ignored_types", "must be a list of OpenVINO op type names")

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from bevport.errors import DatasetError
+
 
 def _homogeneous(matrix: np.ndarray) -> np.ndarray:
     """A 3x3 or 3x4 matrix as the 4x4 affine transform it stands for."""
@@ -27,6 +29,20 @@ class Calibration:
         self.P2 = np.asarray(self.P2, np.float64).reshape(3, 4)
         self.R0_rect = np.asarray(self.R0_rect, np.float64).reshape(3, 3)
         self.Tr_velo_to_cam = np.asarray(self.Tr_velo_to_cam, np.float64).reshape(3, 4)
+
+    def checked(self, source: str) -> "Calibration":
+        """This calibration, after checking it can place points: finite numbers, invertible K, R0_rect and
+        LiDAR-to-camera transform. Raises a DatasetError naming `source` (the file) otherwise."""
+        for name in ("P2", "R0_rect", "Tr_velo_to_cam"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise DatasetError(f"{source}: {name} holds non-finite numbers (nan or inf)",
+                                   "the calibration cannot place points; skip the frame or fix the file")
+        for name, matrix in (("the intrinsics P2[:, :3]", self.intrinsics), ("R0_rect", self.R0_rect),
+                             ("Tr_velo_to_cam", _homogeneous(self.Tr_velo_to_cam))):
+            if np.linalg.cond(matrix) > 1e12:
+                raise DatasetError(f"{source}: {name} is singular (not invertible)",
+                                   "the calibration cannot place points; skip the frame or fix the file")
+        return self
 
     @classmethod
     def from_dair(cls, cam_K: Sequence[float], rotation, translation) -> "Calibration":

@@ -49,9 +49,10 @@ def _numbers(path: Path, data: Any, key: str, count: int) -> np.ndarray:
 def read_dair_calib(intrinsic_path: Path, extrinsic_path: Path) -> Calibration:
     intrinsic = _read_json(intrinsic_path, "camera intrinsics")
     extrinsic = _read_json(extrinsic_path, "LiDAR-to-camera calibration")
-    return Calibration.from_dair(_numbers(intrinsic_path, intrinsic, "cam_K", 9),
-                                 _numbers(extrinsic_path, extrinsic, "rotation", 9).reshape(3, 3),
-                                 _numbers(extrinsic_path, extrinsic, "translation", 3))
+    calib = Calibration.from_dair(_numbers(intrinsic_path, intrinsic, "cam_K", 9),
+                                  _numbers(extrinsic_path, extrinsic, "rotation", 9).reshape(3, 3),
+                                  _numbers(extrinsic_path, extrinsic, "translation", 3))
+    return calib.checked(f"{intrinsic_path} + {extrinsic_path}")
 
 
 class DairLayout:

@@ -82,7 +82,7 @@ def read_calib_file(path: os.PathLike) -> Calibration:
     if missing:
         raise DatasetError(f"{path}: missing {', '.join(missing)}",
                            "a KITTI calib file needs P2, R0_rect and Tr_velo_to_cam")
-    return Calibration(values["P2"], values["R0_rect"], values["Tr_velo_to_cam"])
+    return Calibration(values["P2"], values["R0_rect"], values["Tr_velo_to_cam"]).checked(str(path))
 
 
 def calib_text(calib: Calibration) -> str:

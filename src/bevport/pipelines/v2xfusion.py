@@ -226,19 +226,24 @@ class V2XInputs(base.FrameInputs):
     num_voxels: int                 # non-empty pillars in the frame
     num_dropped: int                # pillars beyond the static V, not seen by the PFE
     static_voxels: int
+    non_finite_points: int = 0      # points with nan/inf in a column the model reads, dropped
 
     def stats(self) -> Dict[str, int]:
         return {"pillars": self.num_voxels, "dropped_pillars": self.num_dropped}
 
     def notes(self) -> List[str]:
-        if not self.num_dropped:
-            return []
-        return [f"frame {self.frame_id}: {self.num_voxels} pillars, {self.num_dropped} beyond "
-                f"V={self.static_voxels} are dropped (the deploy binary drops them too)"]
+        notes = []
+        if self.non_finite_points:
+            notes.append(f"frame {self.frame_id}: {self.non_finite_points} points with nan/inf values dropped")
+        if self.num_dropped:
+            notes.append(f"frame {self.frame_id}: {self.num_voxels} pillars, {self.num_dropped} beyond "
+                         f"V={self.static_voxels} are dropped (the deploy binary drops them too)")
+        return notes
 
 
 def scaled_points(recipe, points: np.ndarray) -> np.ndarray:
-    """The point columns the model reads, with the recipe's intensity scale applied (a no-op at 1.0)."""
+    """The point columns the model reads, with the recipe's intensity scale applied (a no-op at 1.0). Rows with a
+    nan or inf in those columns must be dropped first (`finite_rows`)."""
     points = points[:, : recipe.input.point_dims]
     scale = float(recipe.input.intensity_scale)
     if scale != 1.0:
@@ -263,11 +268,15 @@ class Pipeline(base.Pipeline):
         camera = frame.cameras[0]
         img = image_tensor(self.recipe, camera.image(), channel_order, source=str(camera.image_path))
         metas = camera_metas(self.recipe, camera)
-        padded = voxelize_for_deploy(self.recipe, scaled_points(self.recipe, frame.points()))
+        points = frame.points()
+        finite = np.isfinite(points[:, : self.recipe.input.point_dims]).all(axis=1)
+        if not finite.all():
+            points = points[finite]
+        padded = voxelize_for_deploy(self.recipe, scaled_points(self.recipe, points))
         pfe = self.feed(PFE, padded.features, padded.num_voxels, padded.coors)
         valid = int(np.count_nonzero(padded.num_voxels))
         return V2XInputs(frame.id, img, metas, pfe, valid + padded.num_dropped, padded.num_dropped,
-                         self.recipe.export.static_voxels)
+                         self.recipe.export.static_voxels, int(np.count_nonzero(~finite)))
 
     def start(self, inputs: V2XInputs) -> base.FrameResult:
         result = base.FrameResult(inputs)
