@@ -114,14 +114,18 @@ def verify(c, path):
     _bevport(c, "verify", path)
 
 
-@task(help={"ckpt": "training checkpoint (.pth)", "data": "dataset root (default: synthetic scenes)",
+# No positional arguments and no short flags: `invoke convert --help` must print help (an auto short flag `-h` for
+# --holdout would take it, and a positional ckpt would swallow "--help" as a file name).
+@task(positional=[], auto_shortflags=False,
+      help={"ckpt": "training checkpoint (.pth), required", "data": "dataset root (default: synthetic scenes)",
             "config": "upstream training config", "recipe": "recipe name or path (default: the CLI's)",
             "runner": "docker (default), local or auto", "device": "CPU (default) or GPU",
             "num_samples": "calibration frames (default: the recipe's)",
             "holdout": "held-out frames (default: the recipe's)", "force": "redo finished steps",
             "ca_bundle": "site CA for containers", "sparsity": "apply 2:4 sparsity masks",
-            "allow_drift": "report FP32-vs-INT8 drift beyond the recipe's bounds instead of failing"})
-def convert(c, ckpt, data=None, config=None, recipe=None, runner="docker", device=None, num_samples=None,
+            "allow_drift": "report FP32-vs-INT8 drift beyond the recipe's bounds instead of failing",
+            "work": "work folder of the resumable steps", "dist": "folder receiving the release bundle"})
+def convert(c, ckpt=None, data=None, config=None, recipe=None, runner="docker", device=None, num_samples=None,
             holdout=None, work="work/convert", dist="dist", force=False, ca_bundle=None, sparsity=False,
             allow_drift=False):
     """Checkpoint -> ONNX -> calibration -> INT8 IRs -> validation -> release bundle in dist/ (resumable steps)."""
@@ -129,6 +133,9 @@ def convert(c, ckpt, data=None, config=None, recipe=None, runner="docker", devic
     from bevport.convert.plan import ConvertRequest
     from bevport.convert.run import run_convert
 
+    if not ckpt:
+        console.print("[red]error:[/] --ckpt is required: the training checkpoint to convert (.pth)")
+        raise SystemExit(1)
     req = ConvertRequest(Path(ckpt), Path(work), Path(dist), sparsity=sparsity, allow_drift=allow_drift,
                          **_given(recipe=recipe, config=Path(config) if config else None,
                                   data=Path(data) if data else None, device=device,

@@ -548,3 +548,17 @@ def test_lock_commands_resolve_each_lock_for_its_images_python():
     build = commands[f"{req}/export-build.txt"]
     assert build[build.index("-c") + 1] == f"{req}/export.txt"
     assert "--no-deps" in commands[f"{req}/export-sources.txt"] and "--no-deps" not in commands[f"{req}/export.txt"]
+
+
+def test_convert_task_help_prints_help_and_a_missing_ckpt_is_one_message():
+    """`invoke convert --help` prints the options (no positional ckpt swallowing "--help", no -h short flag)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "invoke", "convert", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0 and "--ckpt=STRING" in run.stdout and "--holdout" in run.stdout
+    missing = subprocess.run([sys.executable, "-m", "invoke", "convert"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 1 and "--ckpt is required" in missing.stdout + missing.stderr
+    assert "Traceback" not in missing.stdout + missing.stderr
