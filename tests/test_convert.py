@@ -562,3 +562,26 @@ def test_convert_task_help_prints_help_and_a_missing_ckpt_is_one_message():
                              timeout=120)
     assert missing.returncode == 1 and "--ckpt is required" in missing.stdout + missing.stderr
     assert "Traceback" not in missing.stdout + missing.stderr
+
+
+def test_doctor_checks_what_the_device_needs_and_names_working_build_commands(monkeypatch, tmp_path):
+    from bevport.convert import doctor
+
+    def no_engine():
+        raise RunnerError("no Docker engine answers", "start dockerd")
+
+    monkeypatch.setattr(doctor, "docker_client", no_engine)
+    cpu = {c.name: c for c in doctor.diagnose(workdir=tmp_path)}          # the default device is convert's: CPU
+    assert "/dev/dri" not in cpu and "render group" not in cpu and not cpu["docker engine"].ok
+    gpu = [c.name for c in doctor.diagnose("GPU", workdir=tmp_path)]
+    assert "/dev/dri" in gpu or "render group" in gpu
+    assert "--base-from debian-mirror" in doctor.BUILD_FIX and "images.load" in doctor.BUILD_FIX
+
+
+def test_images_base_without_debootstrap_says_how_to_install_it(monkeypatch, tmp_path):
+    from bevport.convert import images
+
+    monkeypatch.setattr(images.shutil, "which", lambda name: None)
+    with pytest.raises(RunnerError, match="debootstrap is not installed") as info:
+        images.bootstrap_base(None, "bullseye", images.DEBIAN_MIRROR, "bevport-base:bullseye", tmp_path, [])
+    assert "apt-get install debootstrap" in info.value.hint

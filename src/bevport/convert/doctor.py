@@ -21,7 +21,16 @@ class Check:
     warning: bool = False       # not ok, but a conversion still works (e.g. an image from older sources)
 
 
-def diagnose(device: str = "GPU", workdir: Path = Path(".")) -> Iterator[Check]:
+# What to run when an image is missing: a registry build, a registry-free build, or a saved image.
+BUILD_FIX = ("`invoke images.build` where the base images' registry is reachable; without a registry "
+             "`invoke images.base` (root, `apt-get install debootstrap`) then `invoke images.build --base-from "
+             "debian-mirror`; on an air-gapped host `invoke images.load <folder>`; behind a TLS-intercepting proxy add "
+             "`--ca-bundle <site CA file>`")
+
+
+def diagnose(device: str = "CPU", workdir: Path = Path(".")) -> Iterator[Check]:
+    """Checks for a conversion on `device` (CPU, the default of `invoke convert`, or GPU: then also /dev/dri, the
+    render group and the GPU inside the runtime image)."""
     client = None
     try:
         client = docker_client()
@@ -48,8 +57,7 @@ def _images(client) -> Iterator[Check]:
         try:
             image = client.images.get(image_tag(kind))
         except docker.errors.ImageNotFound:
-            yield Check(f"{kind} image", False, f"{image_tag(kind)} not found",
-                        "`invoke images.build` (or `invoke images.load <folder>` on an air-gapped host)")
+            yield Check(f"{kind} image", False, f"{image_tag(kind)} not found", BUILD_FIX)
             continue
         stale = revision_check(client, kind)
         yield Check(f"{kind} image", stale is None, stale or f"{image_tag(kind)} {image.short_id}, built from this "
@@ -80,7 +88,7 @@ def _devices_in_runtime(client, device: str) -> Check:
         out = client.containers.run(image_tag("runtime"), ["python", "-c", script], remove=True, **args)
     except (docker.errors.ImageNotFound, docker.errors.ContainerError, docker.errors.APIError) as exc:
         return Check("OpenVINO devices in the runtime image", False, str(exc).splitlines()[0],
-                     "build the runtime image first (`invoke images.build --kind runtime`)")
+                     BUILD_FIX)
     seen = out.decode().split()
     wanted = device.upper().split(".")[0]
     return Check("OpenVINO devices in the runtime image", any(d.startswith(wanted) for d in seen),

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -221,6 +222,10 @@ def bootstrap_base(client, suite: str, mirror: str, tag: str, workdir: Path, pac
     """debootstrap a minimal Debian `suite` and import it as image `tag` (needs root and the debootstrap tool)."""
     rootfs = Path(workdir) / f"rootfs-{suite}"
     if not (rootfs / "etc" / "debian_version").is_file():
+        if shutil.which("debootstrap") is None:
+            raise RunnerError("debootstrap is not installed on this host (images.base bootstraps Debian with it)",
+                              "`sudo apt-get install debootstrap` (Debian/Ubuntu), then run `invoke images.base` "
+                              "again as root")
         progress(f"debootstrap {suite} from {mirror}")
         cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(rootfs), mirror]
         done = subprocess.run(cmd, capture_output=True, text=True)
