@@ -19,7 +19,8 @@ def request_paths(tmp_path):
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"weights")
     data = tmp_path / "dair-v2x-i-kitti"
-    data.mkdir()
+    (data / "image_2").mkdir(parents=True)
+    (data / "image_2" / "000000.jpg").write_bytes(b"listed, never read by the pre-check")
     return ConvertRequest(ckpt, tmp_path / "work", tmp_path / "dist", data=data, num_samples=32, holdout=4)
 
 
@@ -87,6 +88,9 @@ class RecordingRunner:
 
     def image_id(self, kind):
         return f"sha256:{kind}"
+
+    def host_view(self, text):
+        return text
 
     def run(self, step, log):
         self.ran.append(step.name)
@@ -585,3 +589,26 @@ def test_images_base_without_debootstrap_says_how_to_install_it(monkeypatch, tmp
     with pytest.raises(RunnerError, match="debootstrap is not installed") as info:
         images.bootstrap_base(None, "bullseye", images.DEBIAN_MIRROR, "bevport-base:bullseye", tmp_path, [])
     assert "apt-get install debootstrap" in info.value.hint
+
+
+def test_container_paths_in_messages_become_the_users_paths(tmp_path):
+    ckpt_dir, data = tmp_path / "my ckpts", tmp_path / "datasets" / "dair"
+    mounts = Mounts({"/in/ckpt": (ckpt_dir, "ro"), "/data": (data, "ro"), "/work": (tmp_path / "w", "rw")})
+    text = ("error: /in/ckpt/notes.pth: not a checkpoint\nerror: /data: no image folder\n"
+            "wrote /work/onnx/export.json; /database and /data2 and x/data are other things")
+    assert mounts.to_host(text) == (f"error: {ckpt_dir}/notes.pth: not a checkpoint\nerror: {data}: no image folder\n"
+                                    f"wrote {tmp_path / 'w'}/onnx/export.json; /database and /data2 and x/data are "
+                                    "other things")
+
+
+def test_a_dataset_without_frames_is_refused_before_any_step(tmp_path):
+    from bevport.convert.run import run_convert
+    from bevport.errors import DatasetError
+
+    ckpt, data = tmp_path / "c.pth", tmp_path / "empty"
+    ckpt.write_bytes(b"x")
+    data.mkdir()
+    req = ConvertRequest(ckpt, tmp_path / "work", tmp_path / "dist", data=data)
+    with pytest.raises(DatasetError, match="no image folder"):
+        run_convert(req, "local")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "dist").exists()

@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 
 from bevport.convert.runner import Mounts, RunnerError, render_group
 from bevport.convert.steps import Step
+from bevport.formats import dataset_format
 from bevport.recipe import DEFAULT_RECIPE, load_recipe
 
 
@@ -42,7 +43,9 @@ def preflight(req: ConvertRequest) -> None:
     if req.device.upper().startswith("GPU") and render_group() is None:
         raise RunnerError("--device GPU, but /dev/dri has no render node on this host",
                           "install the Intel GPU driver (and add yourself to the render group), or use --device CPU")
-    load_recipe(req.recipe, req.config)
+    recipe = load_recipe(req.recipe, req.config)
+    if req.data is not None:   # its layout and frame list, read before a container spends minutes on the export
+        dataset_format(recipe).open_dataset(recipe, req.data)
 
 
 def mounts(req: ConvertRequest) -> Mounts:

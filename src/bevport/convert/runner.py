@@ -7,6 +7,7 @@ Intel GPU passes `/dev/dri` and the group that owns its render node.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,9 @@ class LocalRunner:
     def image_id(self, kind: str) -> Optional[str]:
         return None
 
+    def host_view(self, text: str) -> str:
+        return text
+
     def command(self, step: Step) -> List[str]:
         return [sys.executable, "-m", "bevport"] + [str(a) for a in step.argv]
 
@@ -60,6 +64,13 @@ class Mounts:
                 return str(Path(target) / path.relative_to(host))
         raise RunnerError(f"{value} is outside the folders mounted into the container "
                           f"({', '.join(str(h) for h, _ in self.table.values())})")
+
+    def to_host(self, text: str) -> str:
+        """`text` (a container's messages) with every mounted container path written as the host path it is."""
+        for target in sorted(self.table, key=len, reverse=True):
+            pattern = r"(?<![\w./-])" + re.escape(target) + r"(?=/|[^\w.-]|$)"
+            text = re.sub(pattern, lambda _, host=str(self.table[target][0]): host, text)
+        return text
 
 
 def render_group(dri: Path = Path("/dev/dri")) -> Optional[int]:
@@ -105,6 +116,10 @@ class DockerRunner:
                                   "install the Intel GPU driver, or run with --device CPU; `invoke doctor` checks")
             kwargs.update(devices=["/dev/dri:/dev/dri"], group_add=[str(group)])
         return kwargs
+
+    def host_view(self, text: str) -> str:
+        """Container messages with the user's paths instead of /in, /data, /work, /out."""
+        return self.mounts.to_host(text)
 
     def run(self, step: Step, log: Path) -> int:
         container = self.client.containers.run(**self.run_kwargs(step))

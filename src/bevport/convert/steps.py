@@ -93,7 +93,8 @@ def run_steps(steps: Sequence[Step], work: Path, runner, force: bool = False,
         code = runner.run(step, log)
         current["seconds"] = round(time.perf_counter() - start, 2)
         if code != 0:
-            raise StepFailed(f"step `{step.name}` failed (exit {code}); last lines of {log}:\n{log_tail(log)}",
+            raise StepFailed(f"step `{step.name}` failed (exit {code}); last lines of {log}:\n"
+                             f"{runner.host_view(log_tail(log))}",
                              "fix the cause and rerun: finished steps are skipped (use --force to redo them)")
         atomic_write_bytes(state_file(work, step), (json.dumps(current, indent=2) + "\n").encode())
         outcome[step.name] = "ran"
