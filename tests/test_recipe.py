@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -131,3 +133,22 @@ def test_config_missing_name_is_reported(tmp_path):
     path = _variant(tmp_path, "x: ${no_such_setting * 2}\n")
     with pytest.raises(RecipeError, match="no_such_setting"):
         load_config_chain(path)
+
+
+@pytest.mark.parametrize("section, key, value, field", [
+    (("export", "parity"), "factor", "lots", "export.parity.factor"),
+    (("export",), "static_voxels", "7000", "export.static_voxels"),
+    (("quantize",), "calibration_frames", 1.5, "quantize.calibration_frames"),
+    (("runtime", "validate"), "min_snr_db", None, "runtime.validate.min_snr_db"),
+    (("model", "head", "test_cfg"), "nms_thr", "0.2", "model.head.test_cfg.nms_thr"),
+    (("input",), "mean", [123.675, "116.28", 103.53], "input.mean"),
+    (("model", "camera", "vtransform"), "dbound", [-2.0, 0.0], "model.camera.vtransform.dbound"),
+])
+def test_a_value_of_the_wrong_kind_is_named_by_its_path(tmp_path, section, key, value, field):
+    def edit(d):
+        node = d
+        for part in section:
+            node = node[part]
+        node[key] = value
+    with pytest.raises(RecipeError, match=re.escape(f"`{field}` must be")):
+        load_recipe(write_recipe(tmp_path, edit))

@@ -105,6 +105,30 @@ def check_number(recipe: Node, field: str, value: Any, minimum: Optional[float] 
         check(bound, recipe, field, f"must be {'>' if exclusive else '>='} {minimum:g}, got {value!r}")
 
 
+def field(recipe: Node, dotted: str) -> Any:
+    """The value at a dotted path (`model.head.in_channels`); a missing field raises naming the path."""
+    node: Any = recipe
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def check_numbers(recipe: Node, integers: Sequence[str] = (), numbers: Sequence[str] = (),
+                  vectors: Optional[Dict[str, int]] = None) -> None:
+    """Every listed field holds the right kind of value: `integers`, `numbers` (int or float), and `vectors`
+    (dotted path -> length, 0 for any length) of numbers. Run before comparisons, so that a string where a number
+    belongs is named by its path instead of failing somewhere as a TypeError."""
+    for path in integers:
+        check_number(recipe, path, field(recipe, path), integer=True)
+    for path in numbers:
+        check_number(recipe, path, field(recipe, path))
+    for path, length in (vectors or {}).items():
+        value = field(recipe, path)
+        ok = isinstance(value, list) and (not length or len(value) == length) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        check(ok, recipe, path, f"must be a list of {length or 'some'} numbers, got {value!r}")
+
+
 def _module_exists(package: str, name: str) -> bool:
     return isinstance(name, str) and name.isidentifier() and importlib.util.find_spec(f"{package}.{name}") is not None
 

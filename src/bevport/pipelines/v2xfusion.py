@@ -21,7 +21,7 @@ from bevport.data.preprocess import CameraMetas, camera_metas, image_tensor
 from bevport.errors import DatasetError, RecipeError
 from bevport.geometry.lss import PoolTableCache, bev_pool, depth_bins
 from bevport.geometry.voxelize import scatter, voxelize_for_deploy
-from bevport.recipe import cells, check
+from bevport.recipe import cells, check, check_numbers
 from bevport.runtime import pipeline as base
 
 CAMERA, PFE_DYNAMIC, PFE, FUSER, HEAD = "camera", "lidar_pfe_dynamic", "lidar_pfe", "fuser", "head"
@@ -46,8 +46,33 @@ def decoder_stride(recipe) -> int:
     return stride
 
 
+INTEGERS = ("input.point_dims", "model.camera.backbone.depth", "model.camera.neck.out_channels",
+            "model.camera.neck.start_level", "model.camera.neck.output_level", "model.camera.vtransform.in_channels",
+            "model.camera.vtransform.out_channels", "model.camera.vtransform.downsample",
+            "model.lidar.voxelize.max_num_points", "model.lidar.scatter.in_channels", "model.fuser.out_channels",
+            "model.decoder.backbone.in_channels", "model.decoder.neck.out_channels", "model.decoder.neck.scale_factor",
+            "model.head.in_channels", "model.head.share_conv_channel", "model.head.head_conv", "model.head.final_kernel",
+            "model.head.num_heatmap_convs", "model.head.bbox_coder.max_num", "model.head.bbox_coder.out_size_factor",
+            "model.head.test_cfg.pre_max_size", "model.head.test_cfg.post_max_size", "export.static_voxels",
+            "export.deploy_max_points")
+NUMBERS = ("input.intensity_scale", "model.camera.vtransform.did_alpha", "model.lidar.pfn.input_bn_eps",
+           "model.lidar.pfn.norm_eps", "model.head.init_bias", "model.head.bbox_coder.score_threshold",
+           "model.head.test_cfg.score_threshold", "model.head.test_cfg.nms_thr")
+VECTORS = {"input.raw_image_size": 2, "input.image_size": 2, "input.mean": 3, "input.std": 3,
+           "model.camera.backbone.out_indices": 0, "model.camera.neck.in_channels": 0,
+           "model.camera.vtransform.feature_size": 2, "model.camera.vtransform.xbound": 3,
+           "model.camera.vtransform.ybound": 3, "model.camera.vtransform.zbound": 3,
+           "model.camera.vtransform.dbound": 3, "model.lidar.voxelize.point_cloud_range": 6,
+           "model.lidar.voxelize.voxel_size": 3, "model.lidar.pfn.feat_channels": 0,
+           "model.lidar.scatter.output_shape": 2, "model.fuser.in_channels": 2, "model.decoder.neck.in_indices": 2,
+           "model.decoder.neck.in_channels": 2, "model.head.bbox_coder.pc_range": 6,
+           "model.head.bbox_coder.post_center_range": 6, "model.head.bbox_coder.voxel_size": 2,
+           "model.head.test_cfg.post_center_limit_range": 6}
+
+
 def check_recipe(r) -> None:
-    """Every model number the code reads is present and agrees with the others."""
+    """Every model number the code reads is present, of the right kind, and agrees with the others."""
+    check_numbers(r, INTEGERS, NUMBERS, VECTORS)
     inp, cam, lidar, m = r.input, r.model.camera, r.model.lidar, r.model
     vt, neck, vox = cam.vtransform, cam.neck, lidar.voxelize
     check(cam.backbone.depth in (18, 34), r, "model.camera.backbone.depth",
