@@ -310,7 +310,7 @@ class Pipeline(base.Pipeline):
         result.feeds[CAMERA] = self.feed(CAMERA, inputs.img)
         request.start_async(result.feeds[CAMERA])
         result.pending[CAMERA] = (request, time.perf_counter())
-        result.pending[FUSER] = self.lidar_bev(result)          # overlaps the camera graph
+        result.pending["lidar_bev"] = self.lidar_bev(result)    # overlaps the camera graph
         return result
 
     def finish(self, result: base.FrameResult) -> base.FrameResult:
@@ -320,7 +320,7 @@ class Pipeline(base.Pipeline):
         result.outputs[CAMERA] = {t.name: request.get_tensor(t.name).data.copy() for t in self.contract[CAMERA].outputs}
         self._free_requests.append(request)
         cam_bev = self.pool(result)
-        middle = self.run_graph(FUSER, self.feed(FUSER, cam_bev, result.pending.pop(FUSER)), result)
+        middle = self.run_graph(FUSER, self.feed(FUSER, cam_bev, result.pending.pop("lidar_bev")), result)
         self.run_graph(HEAD, self.feed(HEAD, *middle.values()), result)
         return result
 
