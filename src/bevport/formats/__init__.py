@@ -1,5 +1,10 @@
 """Dataset formats, one module per format (the recipe's `dataset.format` names it): the reader, synthetic scenes in
-the same layout, prediction writers and the evaluator that go with the format's labels."""
+the same layout, prediction writers, the evaluator that goes with the format's labels, and the picture of a frame.
+
+A format module provides `open_dataset(recipe, root, split)`, `write_synthetic(out, frames, seed, overwrite,
+progress)`, `write_predictions(pred_dir, frame, detections, recipe)`, `evaluate(dataset, pred_dir, ids)` (the AP file,
+or None without labels), `ground_truth(frame, class_names)` and `picture(recipe, frame, detections, show_gt,
+latency_ms)`."""
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,6 @@
 """DAIR-V2X-I as the V2XFusion recipe reads it: KITTI layout (or the original DAIR layout), KITTI prediction files
 (plus the deploy binary's own format), and KITTI R40 3D/BEV AP against `label_2/`. Synthetic roadside scenes are
-written in the same layout. Everything here is torch-free.
+written in the same layout, and frames are drawn (camera view beside the BEV). Everything here is torch-free.
 """
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 from PIL import Image
 
 from bevport.data.dataset import Dataset
@@ -46,6 +47,23 @@ def evaluate(dataset: Dataset, pred_dir: os.PathLike, ids: Sequence[str]) -> Opt
     path = Path(pred_dir) / "ap.json"
     write_ap_json(path, kitti_r40(labels, Path(pred_dir) / "kitti", ids))
     return path
+
+
+def picture(recipe, frame, detections, show_gt: bool = True, latency_ms: Optional[float] = None):
+    """The camera image with projected boxes beside the BEV canvas over the recipe's decoding range, with a HUD."""
+    from bevport.runtime import vis
+
+    names, det = recipe.class_names, detections
+    gt_boxes, gt_labels = ground_truth(frame, names) if show_gt else (None, None)
+    threshold = recipe.runtime.vis_score_threshold
+    pc_range = recipe.model.head.bbox_coder.pc_range
+    bev = vis.bev_image(frame.points(), det.boxes, det.labels, det.scores, gt_boxes, gt_labels, class_names=names,
+                        score_threshold=threshold, x_range=(pc_range[0], pc_range[3]),
+                        y_range=(pc_range[1], pc_range[4]))
+    camera = vis.camera_image(frame.image(), frame.calib, det.boxes, det.labels, det.scores, gt_boxes,
+                              class_names=names, score_threshold=threshold)
+    shown = int(np.count_nonzero(det.scores >= threshold))
+    return vis.frame_picture(camera, bev, frame_id=frame.id, detections=shown, latency_ms=latency_ms)
 
 
 def ground_truth(frame, class_names: Sequence[str]):

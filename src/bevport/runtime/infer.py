@@ -150,22 +150,9 @@ def summarize_seconds(per_frame: List[Dict[str, float]]) -> Dict[str, Dict[str, 
 
 
 def picture(recipe, outcome: FrameOutcome, show_gt: bool = True, show_latency: bool = True):
-    """Camera view with projected boxes beside the BEV canvas, with a one-line HUD."""
-    from bevport.runtime import vis
-
-    frame, det = outcome.frame, outcome.detections
-    names = recipe.class_names
-    gt_boxes, gt_labels = dataset_format(recipe).ground_truth(frame, names) if show_gt else (None, None)
-    threshold = recipe.runtime.vis_score_threshold
-    pc_range = recipe.model.head.bbox_coder.pc_range
-    bev = vis.bev_image(frame.points(), det.boxes, det.labels, det.scores, gt_boxes, gt_labels, class_names=names,
-                        score_threshold=threshold, x_range=(pc_range[0], pc_range[3]),
-                        y_range=(pc_range[1], pc_range[4]))
-    camera = vis.camera_image(frame.image(), frame.calib, det.boxes, det.labels, det.scores, gt_boxes,
-                              class_names=names, score_threshold=threshold)
-    shown = int(np.count_nonzero(det.scores >= threshold))
+    """The recipe's dataset format draws the frame (its cameras, its labels) with the detections and a HUD."""
     latency = outcome.seconds["frame"] * 1e3 if show_latency else None
-    return vis.frame_picture(camera, bev, frame_id=frame.id, detections=shown, latency_ms=latency)
+    return dataset_format(recipe).picture(recipe, outcome.frame, outcome.detections, show_gt, latency)
 
 
 def run_infer(recipe, bundle: Path, data: Optional[os.PathLike], options: RuntimeOptions,
