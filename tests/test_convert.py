@@ -612,3 +612,47 @@ def test_a_dataset_without_frames_is_refused_before_any_step(tmp_path):
     with pytest.raises(DatasetError, match="no image folder"):
         run_convert(req, "local")
     assert not (tmp_path / "work").exists() and not (tmp_path / "dist").exists()
+
+
+def test_one_convert_per_work_folder_and_leftovers_of_a_killed_run_are_removed(tmp_path):
+    """A second convert into a busy work folder is refused at once; the lock is the kernel's, so a run killed by
+    SIGKILL releases it. Temporary siblings an interrupted atomic write left behind are removed before resuming."""
+    from bevport.fsutil import BusyError, folder_lock, remove_leftovers
+
+    work = tmp_path / "work"
+    with folder_lock(work):
+        with pytest.raises(BusyError, match=f"{work} is in use by pid {os.getpid()}"):
+            with folder_lock(work):
+                pass
+    with folder_lock(work):          # released on exit
+        pass
+    (work / ".onnx.abc123.tmp").mkdir()
+    (work / ".onnx.abc123.tmp" / "camera.backbone.onnx").write_bytes(b"half")
+    (work / ".validate.json.x1.tmp").write_bytes(b"{")
+    (work / "onnx").mkdir()
+    dist = tmp_path / "dist"
+    (dist / ".v2x-0123.q.tmp").mkdir(parents=True)
+    (dist / ".other-bundle.q.tmp").mkdir()
+    assert remove_leftovers(work) == 2 and remove_leftovers(dist, "v2x-0123") == 1
+    assert sorted(p.name for p in work.iterdir()) == [".bevport.lock", "onnx"]
+    assert [p.name for p in dist.iterdir()] == [".other-bundle.q.tmp"]
+
+
+def test_a_killed_lock_holder_does_not_block_the_next_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bevport.fsutil import folder_lock
+
+    work = tmp_path / "work"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bevport.fsutil import folder_lock\n"
+                               f"with folder_lock({str(work)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    start = time.monotonic()
+    with folder_lock(work):
+        assert time.monotonic() - start < 5

@@ -9,6 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from bevport.errors import BevportError
+
+
+class BusyError(BevportError):
+    """A folder another run holds."""
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -59,6 +65,47 @@ def atomic_output_dir(out: os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+LOCK_NAME = ".bevport.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (a `.bevport.lock` file in it) or raise BusyError at once. The operating
+    system drops the lock when its holder exits, even by SIGKILL, so a killed run never blocks the next one."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise BusyError(f"{folder} is in use by {holder}",
+                            "wait for that run to finish, or give this one another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_leftovers(folder: os.PathLike, name: str = "*") -> int:
+    """Remove the temporary siblings (`.<name>.*.tmp`, `.<name>.*.old`) that interrupted atomic writes of `name`
+    (default: of anything) left in `folder`; returns how many. Only safe where no running writer owns such names
+    (inside `folder_lock`, or for a name only this run writes)."""
+    count = 0
+    for path in Path(folder).glob(f".{name}.*"):
+        if path.suffix in (".tmp", ".old"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            count += 1
+    return count
 
 
 def sha256_file(path: os.PathLike) -> str:

@@ -10,7 +10,7 @@ from bevport import __version__
 from bevport.convert.plan import ConvertRequest, mounts, plan, preflight
 from bevport.convert.runner import DockerRunner, LocalRunner, Mounts, docker_client, image_tag
 from bevport.convert.steps import Step, run_steps
-from bevport.fsutil import atomic_write_bytes, sha256_file
+from bevport.fsutil import atomic_write_bytes, folder_lock, remove_leftovers, sha256_file
 from bevport.recipe import DEFAULT_RECIPE
 
 
@@ -114,11 +114,16 @@ def bundle_step(req: ConvertRequest, environment_file: Path) -> Step:
 
 def run_convert(req: ConvertRequest, runner_kind: str = "docker", force: bool = False,
                 ca_bundle: Optional[Path] = None, progress: Callable[[str], None] = lambda m: None) -> Dict:
+    """The whole conversion. One run at a time per work folder (a lock); a run killed earlier (even by SIGKILL) left
+    at most temporary siblings of the outputs it was writing, which are removed before the steps resume."""
     preflight(req)
     runner = make_runner(runner_kind, req, ca_bundle, progress)
-    req.work.mkdir(parents=True, exist_ok=True)
-    req.dist.mkdir(parents=True, exist_ok=True)
-    env_file = req.work / "environment.json"
-    atomic_write_bytes(env_file, (json.dumps(environment(runner), indent=2, sort_keys=True) + "\n").encode())
-    steps = plan(req) + [bundle_step(req, env_file)]
-    return run_steps(steps, req.work, runner, force=force, progress=progress)
+    with folder_lock(req.work):
+        req.dist.mkdir(parents=True, exist_ok=True)
+        # In dist only this bundle's own leftovers: other work folders may be writing other bundles there.
+        if remove_leftovers(req.work) + remove_leftovers(req.dist, bundle_name(req)):
+            progress("removed what an interrupted run left half-written")
+        env_file = req.work / "environment.json"
+        atomic_write_bytes(env_file, (json.dumps(environment(runner), indent=2, sort_keys=True) + "\n").encode())
+        steps = plan(req) + [bundle_step(req, env_file)]
+        return run_steps(steps, req.work, runner, force=force, progress=progress)
