@@ -152,3 +152,13 @@ def test_a_value_of_the_wrong_kind_is_named_by_its_path(tmp_path, section, key, 
         node[key] = value
     with pytest.raises(RecipeError, match=re.escape(f"`{field}` must be")):
         load_recipe(write_recipe(tmp_path, edit))
+
+
+def test_a_value_no_check_expects_is_named_by_the_field_last_read(tmp_path):
+    """The net under the explicit checks: a number where a head's [channels, convs] pair belongs is still one
+    RecipeError naming the field, not a traceback."""
+    def edit(d):
+        d["model"]["head"]["common_heads"]["reg"] = 2
+    with pytest.raises(RecipeError, match=r"`model\.head\.common_heads\.reg` \(or a value read with it\) is of the "
+                                          r"wrong kind"):
+        load_recipe(write_recipe(tmp_path, edit))

@@ -31,10 +31,13 @@ DEFAULT_RECIPE = "v2xfusion-pp-r34"
 class Node(dict):
     """A read-only view of a recipe mapping with attribute access and dotted paths in its error messages."""
 
-    def __init__(self, data: Dict[str, Any], path: str = "", origin: str = "recipe"):
+    def __init__(self, data: Dict[str, Any], path: str = "", origin: str = "recipe", trail: Optional[list] = None):
         super().__init__(data)
         object.__setattr__(self, "_path", path)
         object.__setattr__(self, "_origin", origin)
+        # The dotted path last read anywhere in this recipe, shared by its views: names the field when a check meets
+        # a value of a kind it does not expect.
+        object.__setattr__(self, "_trail", trail if trail is not None else [""])
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("__"):
@@ -47,8 +50,9 @@ class Node(dict):
         except KeyError:
             raise RecipeError(f"{self._origin}: missing field `{self._dotted(key)}`",
                               f"add it to the recipe (see recipes/{DEFAULT_RECIPE}.yaml for the full layout)") from None
+        self._trail[0] = self._dotted(key)
         if isinstance(value, dict):
-            return Node(value, self._dotted(key), self._origin)
+            return Node(value, self._dotted(key), self._origin, self._trail)
         return value
 
     def __setattr__(self, key: str, value: Any) -> None:
@@ -145,10 +149,17 @@ def validate(r: Recipe) -> None:
           f"is {r.architecture!r}; bevport knows {_known('bevport.pipelines')}")
     check(_module_exists("bevport.formats", r.dataset.format), r, "dataset.format",
           f"is {r.dataset.format!r}; bevport reads {_known('bevport.formats')}")
-    _validate_export(r)
-    _validate_quantize(r)
-    _validate_runtime(r)
-    importlib.import_module(f"bevport.pipelines.{r.architecture}").check_recipe(r)
+    try:
+        _validate_export(r)
+        _validate_quantize(r)
+        _validate_runtime(r)
+        importlib.import_module(f"bevport.pipelines.{r.architecture}").check_recipe(r)
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError) as exc:
+        # The checks above name the field for every value they read; this is the net for a value of a kind no
+        # check expects (a mapping where a list belongs, ...), so that no traceback reaches the user.
+        raise RecipeError(f"{r._origin}: `{r._trail[0]}` (or a value read with it) is of the wrong kind "
+                          f"({type(exc).__name__}: {exc})",
+                          f"compare the file with recipes/{DEFAULT_RECIPE}.yaml") from None
 
 
 def tensor_names(outputs: Any) -> List[Any]:
@@ -166,7 +177,11 @@ def _validate_export(r: Recipe) -> None:
     check(isinstance(e.graphs, dict) and e.graphs, r, "export.graphs", "must map graph keys to graphs")
     for key in e.graphs:
         graph = e.graphs[key]
+        check(isinstance(graph, dict), r, f"export.graphs.{key}", "must map file, inputs and outputs")
         check(isinstance(graph.file, str) and graph.file, r, f"export.graphs.{key}.file", "must be a file name")
+        check(isinstance(graph.inputs, list), r, f"export.graphs.{key}.inputs", "must list tensor names")
+        check(isinstance(graph.outputs, (list, dict)), r, f"export.graphs.{key}.outputs",
+              "must list tensor names (or per-task mappings, or {tensor, order} for a packed head)")
         names = list(graph.inputs) + tensor_names(graph.outputs)
         check(len(set(map(str, names))) == len(names) and all(isinstance(n, str) and n for n in names), r,
               f"export.graphs.{key}", f"tensor names must be non-empty and unique, got {names}")
@@ -184,6 +199,7 @@ def _validate_quantize(r: Recipe) -> None:
     check(isinstance(q.graphs, dict) and q.graphs, r, "quantize.graphs", "must map deploy graphs to INT8 IRs")
     for key in q.graphs:
         graph = q.graphs[key]
+        check(isinstance(graph, dict), r, f"quantize.graphs.{key}", "must map ir (and source, precision ...)")
         check(key in r.export.graphs, r, f"quantize.graphs.{key}",
               f"names no export graph (export.graphs has {', '.join(r.export.graphs)})")
         source = graph.get("source", key)
