@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# An unexpected exception in the CLI is reported as one line with its traceback in a log file; in tests it is raised.
+os.environ.setdefault("BEVPORT_TRACEBACK", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"

@@ -656,3 +656,33 @@ def test_a_killed_lock_holder_does_not_block_the_next_run(tmp_path):
     start = time.monotonic()
     with folder_lock(work):
         assert time.monotonic() - start < 5
+
+
+def test_a_full_disk_and_an_internal_error_are_one_line_each(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from bevport.cli import run_reporting_errors
+    from bevport.fsutil import atomic_output_dir
+
+    def fill_disk():
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "half.onnx").write_bytes(b"x")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp / "half.onnx"))
+
+    with pytest.raises(SystemExit) as info:
+        run_reporting_errors(fill_disk)
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "no space left on the device writing" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []               # nothing half-written left behind
+    monkeypatch.delenv("BEVPORT_TRACEBACK")
+
+    def bug():
+        raise ValueError("an index went wrong")
+
+    with pytest.raises(SystemExit) as info:
+        run_reporting_errors(bug)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "internal error (a bevport bug" in err and "Traceback" not in err
+    log = Path(err.split("traceback is in ")[1].split(";")[0].strip())
+    assert "ValueError: an index went wrong" in log.read_text()
+    log.unlink()

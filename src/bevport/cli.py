@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import time
 from pathlib import Path
@@ -418,17 +420,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_reporting_errors(func, *args, **kwargs):
-    """Call func; a BevportError becomes one message (and hint) and exit 1, Ctrl-C exit 130. Used by main and tasks."""
+    """Call func; a BevportError becomes one message (and hint) and exit 1, a full disk exit 1, Ctrl-C exit 130, and
+    anything else one line saying it is a bevport bug with the traceback in a log file (exit 2; set
+    BEVPORT_TRACEBACK=1 to see it raised instead). Used by main and tasks."""
     try:
         return func(*args, **kwargs)
     except BevportError as exc:
-        console.print(f"[red]error:[/] {exc.message}")
-        if exc.hint:
-            console.print(f"  [dim]hint:[/] {exc.hint}")
-        sys.exit(1)
+        _fail(exc.message, exc.hint)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]; no output was written")
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return _internal_error(exc)
+        _fail(f"no space left on the device{f' writing {exc.filename}' if exc.filename else ''}; nothing was "
+              "half-written (earlier results are intact)", "free space, or pass a --work / --out on a larger disk")
+    except Exception as exc:  # noqa: BLE001  (anything else is bevport's bug: say so, keep the traceback)
+        return _internal_error(exc)
+
+
+def _fail(message: str, hint: Optional[str] = None) -> None:
+    console.print(f"[red]error:[/] {message}")
+    if hint:
+        console.print(f"  [dim]hint:[/] {hint}")
+    sys.exit(1)
+
+
+def _internal_error(exc: BaseException) -> None:
+    if os.environ.get("BEVPORT_TRACEBACK"):
+        raise exc
+    import tempfile
+    import traceback
+
+    fd, log = tempfile.mkstemp(prefix="bevport-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"bevport {__version__}\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    console.print(f"[red]internal error[/] (a bevport bug, not your input): {type(exc).__name__}: {exc}")
+    console.print(f"  [dim]hint:[/] the traceback is in {log}; please report it with that file")
+    sys.exit(2)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
