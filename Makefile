@@ -8,7 +8,12 @@ install:            ## torch's CPU wheel first (a bare `torch` requirement pulls
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[export,dev]'
 
-demo: install       ## synthetic checkpoint + scenes -> convert (Docker if there, else local) -> bundle + picture
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+# With both images built, the host needs only invoke and the Docker SDK (no torch); otherwise the demo runs here.
+demo:               ## synthetic checkpoint + scenes -> convert (Docker if there, else local) -> bundle + picture
+	@if docker image inspect bevport-export:$(VERSION) bevport-runtime:$(VERSION) >/dev/null 2>&1; then \
+		$(PYTHON) -m pip install --quiet -e '.[host]'; else $(MAKE) --no-print-directory install PYTHON=$(PYTHON); fi
 	$(PYTHON) -m invoke demo
 
 test: install       ## the suite README and CI run (slow and Docker tests have their own targets)

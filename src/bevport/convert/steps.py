@@ -97,5 +97,6 @@ def run_steps(steps: Sequence[Step], work: Path, runner, force: bool = False,
                              f"{runner.host_view(log_tail(log))}",
                              "fix the cause and rerun: finished steps are skipped (use --force to redo them)")
         atomic_write_bytes(state_file(work, step), (json.dumps(current, indent=2) + "\n").encode())
+        progress(f"{step.name}: done in {current['seconds']:.0f} s")
         outcome[step.name] = "ran"
     return outcome
