@@ -184,6 +184,7 @@ def benchmarks(c):
     with c.cd(str(ROOT / "benchmarks")):
         c.run(f"{PY} quantize.py --out results/quantize.json")
         c.run(f"{PY} infer.py --out results/infer.json")
+        c.run(f"{PY} resume.py --out results/resume.json")
 
 
 # --------------------------------------------------------------------------------------------- images.* and doctor

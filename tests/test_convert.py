@@ -462,7 +462,8 @@ def test_benchmarks_task_runs_the_scripts_in_benchmarks():
     c = _recording_context()
     tasks.benchmarks(c)
     scripts = [cmd.split()[1] for _, cmd in c.ran]
-    assert scripts == ["benchmarks/export.py", "benchmarks/parity.py", "benchmarks/pool.py", "quantize.py", "infer.py"]
+    assert scripts == ["benchmarks/export.py", "benchmarks/parity.py", "benchmarks/pool.py", "quantize.py", "infer.py",
+                       "resume.py"]
     assert all((ROOT / "benchmarks" / Path(s).name).is_file() for s in scripts)
     assert c.ran[3][0] == str(ROOT / "benchmarks")
 
