@@ -23,6 +23,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from bevport import __version__
 from bevport.convert.runner import IMAGES, RunnerError, image_tag
 from bevport.fsutil import atomic_write_bytes, sha256_file
 
@@ -41,6 +42,9 @@ GPU_RUNTIMES = ("debian", "intel")
 # docker/requirements/<name>.in -> <name>.txt, resolved for the Python of the image that installs it.
 LOCK_PYTHON = {"export": "3.8", "export-build": "3.8", "export-sources": "3.8", "runtime": "3.11"}
 LOCK_PLATFORM = "x86_64-manylinux_2_31"
+
+# Dockerfile stages built and tagged on their own before the image: the export image compiles mmcv-full in `wheels`.
+BUILD_STAGES = {"export": ("wheels",)}
 
 
 def image_kinds(kind: str) -> Tuple[str, ...]:
@@ -177,16 +181,47 @@ def build_image(client, kind: str, base: Optional[str], ca_bundle: Optional[Path
     context = build_context(kind, ca_bundle, int(revision["source_date_epoch"]))
     args = build_args(kind, base, revision)
     args.update(extra_args or {})
-    stream = client.api.build(fileobj=io.BytesIO(context), custom_context=True, tag=image_tag(kind),
-                              buildargs={k: v for k, v in args.items() if v is not None},
-                              labels=labels(kind, base or "dockerfile default", revision), rm=True, decode=True)
-    for chunk in stream:
-        if "error" in chunk:
-            raise RunnerError(f"building {image_tag(kind)} failed: {chunk['error'].strip()}",
-                              "see the lines above; behind a TLS-intercepting proxy pass --ca-bundle FILE")
-        if chunk.get("stream", "").strip():
-            progress(chunk["stream"].rstrip())
-    return label_interpreter(client, kind)
+    before = _image_id(client, image_tag(kind))
+    buildargs = {k: v for k, v in args.items() if v is not None}
+    # The compile stage gets a tag of its own (bevport-<kind>-build): visible, removable on purpose, and the layer
+    # cache of mmcv-full's compile, instead of a 2.5 GB untagged image.
+    stages = [(stage, f"{IMAGES[kind]}-build:{__version__}") for stage in BUILD_STAGES.get(kind, ())]
+    stages.append((None, image_tag(kind)))
+    for target, tag in stages:
+        stream = client.api.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag, target=target,
+                                  buildargs=buildargs, labels=labels(kind, base or "dockerfile default", revision),
+                                  rm=True, decode=True)
+        for chunk in stream:
+            if "error" in chunk:
+                raise RunnerError(f"building {tag} failed: {chunk['error'].strip()}",
+                                  "see the lines above; behind a TLS-intercepting proxy pass --ca-bundle FILE")
+            if chunk.get("stream", "").strip():
+                progress(chunk["stream"].rstrip())
+    unlabelled = _image_id(client, image_tag(kind))
+    image_id = label_interpreter(client, kind)
+    for superseded in {before, unlabelled} - {image_id, None}:
+        _remove_if_untagged(client, superseded)
+    return image_id
+
+
+def _image_id(client, tag: str) -> Optional[str]:
+    import docker
+
+    try:
+        return client.images.get(tag).id
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _remove_if_untagged(client, image_id: str) -> None:
+    """Drop an image this build superseded, once nothing names it (it keeps the layers others share)."""
+    import docker
+
+    try:
+        if not client.images.get(image_id).tags:
+            client.images.remove(image_id)
+    except (docker.errors.ImageNotFound, docker.errors.APIError):   # in use by a container, or already gone
+        pass
 
 
 def build_images(client, kind: str = "both", base_from: str = "registry", ca_bundle: Optional[Path] = None,
