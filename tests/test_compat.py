@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "bevport"
-TORCH_FREE = ["data", "geometry", "runtime", "quantize", "bundle", "recipe.py", "configchain.py", "contract.py", "errors.py", "fsutil.py"]
+TORCH_FREE = ["data", "geometry", "runtime", "quantize", "bundle", "pipelines", "formats", "recipe.py", "configchain.py",
+              "contract.py", "errors.py", "fsutil.py"]
 
 
 def test_sources_parse_as_python38():
@@ -28,6 +29,8 @@ def test_no_api_newer_than_python38():
 def test_torch_free_modules_do_not_import_torch():
     code = ("import sys, importlib, pkgutil\n"
             "import bevport.recipe, bevport.contract, bevport.configchain, bevport.fsutil, bevport.geometry.lss\n"
+            "import bevport.pipelines.v2xfusion, bevport.formats.kitti, bevport.runtime.infer, bevport.runtime.bench\n"
+            "bevport.recipe.load_recipe(bevport.recipe.DEFAULT_RECIPE)\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n")
     subprocess.run([sys.executable, "-c", code], check=True)
     for name in TORCH_FREE:
