@@ -77,8 +77,6 @@ def check_recipe(r) -> None:
     vt, neck, vox = cam.vtransform, cam.neck, lidar.voxelize
     check(cam.backbone.depth in (18, 34), r, "model.camera.backbone.depth",
           f"is {cam.backbone.depth}; bevport's camera backbone implements the BasicBlock ResNets 18 and 34")
-    check(len(inp.image_size) == 2 and len(inp.raw_image_size) == 2, r, "input.image_size", "must be [H, W]")
-    check(len(inp.mean) == 3 and len(inp.std) == 3, r, "input.mean/std", "must hold three values")
     check(inp.point_dims >= 4 and inp.intensity_scale > 0, r, "input",
           "needs point_dims >= 4 (x, y, z, intensity) and intensity_scale > 0")
     backbone_channels = [64 * 2 ** i for i in cam.backbone.out_indices]
@@ -268,7 +266,7 @@ class V2XInputs(base.FrameInputs):
 
 def scaled_points(recipe, points: np.ndarray) -> np.ndarray:
     """The point columns the model reads, with the recipe's intensity scale applied (a no-op at 1.0). Rows with a
-    nan or inf in those columns must be dropped first (`finite_rows`)."""
+    nan or inf in those columns must be dropped first (`Pipeline.prepare` does)."""
     points = points[:, : recipe.input.point_dims]
     scale = float(recipe.input.intensity_scale)
     if scale != 1.0:

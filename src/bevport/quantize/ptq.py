@@ -71,6 +71,11 @@ def quantized_types(model) -> List[str]:
                    if op.get_type_name() == "FakeQuantize" for target in op.output(0).get_target_inputs()})
 
 
+def kept_fp32(recipe, graph: str) -> bool:
+    """The recipe keeps this deploy graph FP32 under its INT8 IR's name (`precision: fp32`)."""
+    return recipe.quantize.graphs[graph].get("precision", "int8") == "fp32"
+
+
 def _nncf_quantize(model, recipe, graph: str, files: List[Path], target_device: Optional[str]):
     import nncf
 
@@ -99,7 +104,7 @@ def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: P
     files = frame_files(calib_dir, manifest, graph, "calibration")
     int8_path = out / f"{recipe.quantize.graphs[graph].ir}.xml"
     start = time.perf_counter()
-    keep_fp32 = recipe.quantize.graphs[graph].get("precision", "int8") == "fp32"
+    keep_fp32 = kept_fp32(recipe, graph)
     # A graph the recipe keeps FP32 never reaches NNCF: what NNCF would do with it differs between versions (2.13
     # quantized two ops of the V2X PFE that newer versions leave alone).
     quantized = model if keep_fp32 else _nncf_quantize(model, recipe, graph, files, target_device)
@@ -160,8 +165,7 @@ def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.Path
         for graph in recipe.quantize.graphs:
             source = source_graph(recipe, graph)
             frames = len(frame_files(calib_dir, manifest, graph, "calibration"))
-            kept = recipe.quantize.graphs[graph].get("precision", "int8") == "fp32"
-            progress(f"keeping {graph} FP32 ({files[source].name}; recipe)" if kept else
+            progress(f"keeping {graph} FP32 ({files[source].name}; recipe)" if kept_fp32(recipe, graph) else
                      f"quantizing {graph} ({files[source].name}) on {frames} calibration frames")
             graphs[graph] = _quantize_graph(core, recipe, contract, graph, files[source], Path(calib_dir),
                                             manifest, tmp, target_device)
