@@ -353,14 +353,14 @@ def test_demo_checkpoint_is_drawn_in_the_export_image_when_docker_runs(tmp_path,
         return 0
 
     monkeypatch.setattr(run.DockerRunner, "run", fake_run)
-    out = tmp_path / "demo" / "synthetic_seed0.pth"
-    assert run.synthetic_checkpoint(out, "docker") == out and out.read_bytes() == b"weights"
+    out = tmp_path / "demo" / "trained.pth"
+    assert run.synthetic_checkpoint(out, "docker", trained=True) == out and out.read_bytes() == b"weights"
     (kwargs,) = containers
     assert kwargs["image"] == image_tag("export") and kwargs["user"] == f"{os.getuid()}:{os.getgid()}"
-    assert kwargs["command"] == ["bevport", "synth-ckpt", "--recipe", "v2xfusion-pp-r34", "--seed", "0",
-                                 "--out", "/work/synthetic_seed0.pth", "-q"]
+    assert kwargs["command"] == ["bevport", "synth-ckpt", "--recipe", "v2xfusion-pp-r34", "--out",
+                                 "/work/trained.pth", "-q", "--trained"]
     assert kwargs["volumes"] == {str(out.parent.resolve()): {"bind": "/work", "mode": "rw"}}
-    run.synthetic_checkpoint(out, "docker")                 # up to date: no second container
+    run.synthetic_checkpoint(out, "docker", trained=True)   # up to date: no second container
     assert len(containers) == 1
 
 

@@ -84,3 +84,20 @@ def test_saved_runtime_image_loads_back_and_a_damaged_copy_is_refused(tmp_path):
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(RunnerError, match="does not match SHA256SUMS"):
         load_images(client, tmp_path / "images")
+
+
+@pytest.mark.docker
+def test_trained_demo_checkpoint_composed_in_the_export_image(recipe, tmp_path):
+    """The demo's checkpoint drawn in the export image (torch 1.11) carries exactly the committed trained tensors."""
+    import torch
+
+    from bevport.checkpoint import load_weights
+    from bevport.convert.run import synthetic_checkpoint
+    from bevport.models.trained import load_trained
+    from bevport.models.v2xfusion import V2XFusion
+
+    path = synthetic_checkpoint(tmp_path / "trained.pth", "docker", trained=True)
+    model = V2XFusion(recipe)
+    load_weights(model, path)                      # strict: every key, shape and dtype of the upstream layout
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in load_trained(recipe).items())

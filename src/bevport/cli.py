@@ -85,11 +85,16 @@ def cmd_synth_ckpt(args) -> None:
     from bevport.models.synthetic import write_synthetic_checkpoint
 
     recipe = _load_recipe(args)
+    if args.trained and args.seed is not None and args.seed != recipe.train.base_seed:
+        raise BevportError(f"--trained composes the demo weights over seed {recipe.train.base_seed}, not {args.seed}",
+                           "drop --seed, or drop --trained for seeded random weights")
+    seed = recipe.train.base_seed if args.trained else (args.seed or 0)
+    what = "trained demo weights over seed" if args.trained else "seeded random weights, seed"
     with _Progress(args.quiet) as progress:
-        progress(f"drawing weights (seed {args.seed}) and measuring BatchNorm statistics")
-        write_synthetic_checkpoint(recipe, args.seed, args.out)
+        progress(f"{what} {seed}: drawing weights and measuring BatchNorm statistics")
+        write_synthetic_checkpoint(recipe, seed, args.out, trained=args.trained)
     if not args.quiet:
-        Console(highlight=False).print(f"[green]wrote[/] synthetic {recipe.name} checkpoint (seed {args.seed}) "
+        Console(highlight=False).print(f"[green]wrote[/] synthetic {recipe.name} checkpoint ({what} {seed}) "
                                        f"to {args.out}")
 
 
@@ -136,7 +141,9 @@ def cmd_quantize(args) -> None:
     recipe = _load_recipe(args)
     with _Progress(args.quiet) as progress:
         summary = quantize(recipe, args.onnx, args.calib, args.out, target_device=args.target_device,
-                           latency_runs=args.latency_runs, progress=progress, warn=_warn)
+                           latency_runs=args.latency_runs, max_ap_drop=args.max_ap_drop, data=args.data,
+                           ap_frames=args.ap_frames, ap_first_frame=args.ap_first_frame, progress=progress,
+                           warn=_warn)
     report = json.loads((Path(args.out) / "report.json").read_text())
     for flag in report["flags"]:
         _warn(f"low INT8 SNR: {flag}")
@@ -332,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth-ckpt", help="write a deterministic synthetic checkpoint in the upstream layout")
     _add_recipe_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of the random weights (default 0)")
+    p.add_argument("--trained", action="store_true",
+                   help="the built-in demo weights: the recipe's trained tensors over its seeded checkpoint")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.set_defaults(func=cmd_synth_ckpt)
 
@@ -366,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-device", choices=("ANY", "CPU", "GPU", "NPU", "CPU_SPR"),
                    help="NNCF target device (default: the recipe's)")
     p.add_argument("--latency-runs", type=int, help="timed inferences per graph and precision in the report")
+    p.add_argument("--max-ap-drop", type=float, metavar="AP",
+                   help="NNCF accuracy control: keep FP32 the quantizers that cost more than AP points of mean moderate "
+                        "BEV AP (the whole pipeline, scored on labelled frames)")
+    p.add_argument("--data", type=Path, help="labelled dataset for --max-ap-drop (default: the synthetic scenes)")
+    p.add_argument("--ap-frames", type=int, default=50, help="labelled frames scored for --max-ap-drop (default 50)")
+    p.add_argument("--ap-first-frame", type=int,
+                   help="first frame index scored (default: the one after the calibration set's frames)")
     p.add_argument("--out", type=Path, required=True, help="IR folder (replaced only on success)")
     p.set_defaults(func=cmd_quantize)
 

@@ -208,9 +208,15 @@ def _validate_quantize(r: Recipe) -> None:
         check(isinstance(graph.ir, str) and graph.ir, r, f"quantize.graphs.{key}.ir", "must be a file stem")
         check(graph.get("precision", "int8") in ("int8", "fp32"), r, f"quantize.graphs.{key}.precision",
               f"is {graph.get('precision')!r}; must be int8 (NNCF) or fp32 (kept FP32 under the INT8 IR's name)")
-        ignored = graph.get("ignored_types") or []
-        check(isinstance(ignored, list) and all(isinstance(t, str) for t in ignored), r,
-              f"quantize.graphs.{key}.ignored_types", "must be a list of OpenVINO op type names")
+        for field_name, what in (("ignored_types", "OpenVINO op type names"),
+                                 ("ignored_patterns", "regular expressions over node names")):
+            ignored = graph.get(field_name) or []
+            check(isinstance(ignored, list) and all(isinstance(t, str) for t in ignored), r,
+                  f"quantize.graphs.{key}.{field_name}", f"must be a list of {what}")
+        check(str(graph.get("preset", q.preset)).lower() in ("performance", "mixed"), r,
+              f"quantize.graphs.{key}.preset", "must be performance or mixed")
+        check(isinstance(graph.get("fast_bias_correction", False), bool), r,
+              f"quantize.graphs.{key}.fast_bias_correction", "must be true or false")
     check_number(r, "quantize.report.min_snr_db", q.report.min_snr_db, 0, exclusive=True)
     check_number(r, "quantize.report.latency_runs", q.report.latency_runs, 1, integer=True)
 

@@ -58,14 +58,17 @@ def _docker_if_ready(progress: Callable[[str], None]) -> str:
         return "local"
 
 
-def synthetic_checkpoint(out: Path, runner_kind: str, recipe: str = DEFAULT_RECIPE, seed: int = 0) -> Path:
-    """The built-in demo checkpoint. With Docker it is drawn in the export image, so a host with only Docker and
-    invoke (no torch) can run the demo. The seed fixes the weights; the BatchNorm statistics are measured with a
-    forward pass, so torch 1.11 (image) and a current torch (host) can differ in the last bits of one of them."""
+def synthetic_checkpoint(out: Path, runner_kind: str, recipe: str = DEFAULT_RECIPE, seed: Optional[int] = None,
+                         trained: bool = False) -> Path:
+    """A built-in checkpoint: the trained demo weights (`trained`) or seeded random ones. With Docker it is composed
+    in the export image, so a host with only Docker and invoke (no torch) can run the demo. The untrained tensors'
+    BatchNorm statistics are measured with a forward pass, so torch 1.11 (image) and a current torch (host) can
+    differ in their last bits."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    step = Step("synth-ckpt", "export", ["synth-ckpt", "--recipe", recipe, "--seed", seed, "--out", out, "-q"], {},
-                [out], {"recipe": recipe, "seed": seed})
+    argv = ["synth-ckpt", "--recipe", recipe, "--out", out, "-q"] + (["--trained"] if trained else []) + \
+        ([] if seed is None else ["--seed", seed])
+    step = Step("synth-ckpt", "export", argv, {}, [out], {"recipe": recipe, "seed": seed, "trained": trained})
     runner = (LocalRunner() if resolve_runner(runner_kind) == "local"
               else DockerRunner(docker_client(), Mounts({"/work": (out.parent, "rw")})))
     run_steps([step], out.parent / ".bevport", runner)    # its step record and log, out of the way

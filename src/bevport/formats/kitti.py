@@ -37,11 +37,16 @@ def write_predictions(pred_dir: os.PathLike, frame, detections, recipe) -> None:
           frame.calib, size)
 
 
+def has_labels(dataset: Dataset) -> bool:
+    """Whether `evaluate` can score this dataset: the KITTI layout with label_2/."""
+    return dataset.layout == "kitti" and (dataset.data_root / "label_2").is_dir()
+
+
 def evaluate(dataset: Dataset, pred_dir: os.PathLike, ids: Sequence[str]) -> Optional[Path]:
     """KITTI R40 AP of the predictions of `ids` into `<pred_dir>/ap.json`, when the dataset has KITTI labels."""
-    labels = dataset.data_root / "label_2"
-    if dataset.layout != "kitti" or not labels.is_dir():
+    if not has_labels(dataset):
         return None
+    labels = dataset.data_root / "label_2"
     from bevport.runtime.evaluate import evaluate as kitti_r40, write_ap_json
 
     path = Path(pred_dir) / "ap.json"

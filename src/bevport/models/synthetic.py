@@ -77,8 +77,9 @@ def synthetic_state_dict(recipe: Recipe, seed: int) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 
-def write_synthetic_checkpoint(recipe: Recipe, seed: int, out: os.PathLike) -> None:
-    """An mmcv-runner style checkpoint: {'meta': ..., 'state_dict': ...}, as training writes it."""
+def write_synthetic_checkpoint(recipe: Recipe, seed: int, out: os.PathLike, trained: bool = False) -> None:
+    """An mmcv-runner style checkpoint: {'meta': ..., 'state_dict': ...}, as training writes it. `trained`: the
+    recipe's trained demo tensors over seed train.base_seed (`bevport.models.trained`)."""
     meta: Dict[str, Any] = {
         "bevport_version": __version__,
         "synthetic": True,
@@ -87,6 +88,13 @@ def write_synthetic_checkpoint(recipe: Recipe, seed: int, out: os.PathLike) -> N
         "CLASSES": tuple(recipe.class_names),
         "epoch": 0,
     }
+    if trained:
+        from bevport.models.trained import trained_state_dict
+
+        state = trained_state_dict(recipe)
+        meta["trained_weights"] = str(recipe.train.weights.sha256)
+    else:
+        state = synthetic_state_dict(recipe, seed)
     buffer = io.BytesIO()  # a file object gives the zip a fixed root name, so the bytes do not depend on `out`
-    torch.save({"meta": meta, "state_dict": synthetic_state_dict(recipe, seed)}, buffer)
+    torch.save({"meta": meta, "state_dict": state}, buffer)
     atomic_write_bytes(out, buffer.getvalue())

@@ -29,16 +29,26 @@ from bevport.runtime.precision import pin_f32, pinned_hint
 _AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
 
 
+def graph_settings(recipe, graph: str) -> Dict:
+    """The NNCF settings of one graph: quantize.<key>, overridden by quantize.graphs.<graph>.<key>."""
+    q, own = recipe.quantize, recipe.quantize.graphs[graph]
+    return {"preset": str(own.get("preset", q.preset)),
+            "fast_bias_correction": bool(own.get("fast_bias_correction", q.fast_bias_correction)),
+            "ignored_types": list(own.get("ignored_types") or []),
+            "ignored_patterns": list(own.get("ignored_patterns") or [])}
+
+
 def _nncf_settings(recipe, graph: str, target_device: Optional[str]):
     import nncf
 
-    q = recipe.quantize
-    ignored = q.graphs[graph].get("ignored_types") or []
+    own = graph_settings(recipe, graph)
+    ignored = own["ignored_types"] or own["ignored_patterns"]
     return dict(
-        fast_bias_correction=bool(q.fast_bias_correction),
-        target_device=getattr(nncf.TargetDevice, str(target_device or q.target_device).upper()),
-        preset=getattr(nncf.QuantizationPreset, str(q.preset).upper()),
-        ignored_scope=nncf.IgnoredScope(types=list(ignored), validate=False) if ignored else None,
+        fast_bias_correction=own["fast_bias_correction"],
+        target_device=getattr(nncf.TargetDevice, str(target_device or recipe.quantize.target_device).upper()),
+        preset=getattr(nncf.QuantizationPreset, own["preset"].upper()),
+        ignored_scope=nncf.IgnoredScope(types=own["ignored_types"], patterns=own["ignored_patterns"],
+                                        validate=False) if ignored else None,
     )
 
 
@@ -95,8 +105,33 @@ def _check_rules(recipe, graph: str, quantized, path: Path) -> None:
                             "please report it with quantize.json")
 
 
+class AccuracyControl:
+    """`--max-ap-drop`: each graph quantized by NNCF's accuracy control against bevport's AP (quantize.accuracy)."""
+
+    def __init__(self, scorer, max_drop: float, progress: Callable[[str], None]):
+        self.scorer, self.max_drop, self.progress = scorer, float(max_drop), progress
+        self.fp32_ap = scorer.score()
+        progress(f"FP32 pipeline: {self.fp32_ap:.2f} mean moderate BEV AP on {len(scorer.frames)} labelled frames")
+
+    def quantize(self, model, recipe, graph: str, files: List[Path], target_device: Optional[str]):
+        import nncf
+
+        from bevport.quantize.accuracy import quantize_with_ap
+
+        subset = min(recipe.quantize.subset_size or len(files), len(files))
+        with _quiet_nncf():
+            return quantize_with_ap(model, recipe, graph, self.scorer, nncf.Dataset(files, load_feed),
+                                    self.max_drop, _nncf_settings(recipe, graph, target_device), subset)
+
+    def record(self, core, graph: str, quantized, fake_quantize: int) -> Dict:
+        ap = self.scorer.score({graph: core.compile_model(quantized, "CPU")})
+        self.progress(f"{graph}: {ap:.2f} AP with it INT8 ({fake_quantize} FakeQuantize ops), FP32 {self.fp32_ap:.2f}")
+        return {"metric": "mean moderate BEV AP", "max_drop": self.max_drop, "frames": len(self.scorer.frames),
+                "fp32_ap": round(self.fp32_ap, 3), "int8_ap": round(ap, 3)}
+
+
 def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: Path, manifest: Dict,
-                    out: Path, target_device: Optional[str]) -> Dict:
+                    out: Path, target_device: Optional[str], control: Optional["AccuracyControl"] = None) -> Dict:
     spec = contract[source_graph(recipe, graph)]
     model = read_graph(core, onnx, spec)
     fp32_path = out / f"{onnx.stem}.xml"
@@ -107,7 +142,12 @@ def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: P
     keep_fp32 = kept_fp32(recipe, graph)
     # A graph the recipe keeps FP32 never reaches NNCF: what NNCF would do with it differs between versions (2.13
     # quantized two ops of the V2X PFE that newer versions leave alone).
-    quantized = model if keep_fp32 else _nncf_quantize(model, recipe, graph, files, target_device)
+    if keep_fp32:
+        quantized = model
+    elif control is not None:
+        quantized = control.quantize(model, recipe, graph, files, target_device)
+    else:
+        quantized = _nncf_quantize(model, recipe, graph, files, target_device)
     seconds = time.perf_counter() - start
     _check_rules(recipe, graph, quantized, int8_path)
     fake_quantize = count_fake_quantize(quantized)
@@ -115,13 +155,16 @@ def _quantize_graph(core, recipe, contract, graph: str, onnx: Path, calib_dir: P
         pin_f32(quantized)   # nothing was quantized: it stays an FP32 graph, which must not run in bf16
     save_ir(quantized, int8_path, compress_to_fp16=bool(recipe.quantize.compress_to_fp16))
     check_ports(core.read_model(str(int8_path)), spec, int8_path)
-    return {"onnx": onnx.name, "fp32_ir": fp32_path.name, "int8_ir": int8_path.name,
+    accuracy = {} if control is None or keep_fp32 else \
+        {"accuracy_control": control.record(core, graph, quantized, fake_quantize)}
+    return {**accuracy, "onnx": onnx.name, "fp32_ir": fp32_path.name, "int8_ir": int8_path.name,
             "precision": "fp32" if keep_fp32 else "int8",
             "calibration_frames": 0 if keep_fp32 else len(files),
             "subset_size": 0 if keep_fp32 else min(recipe.quantize.subset_size or len(files), len(files)),
             "fake_quantize_ops": fake_quantize, "quantized_types": quantized_types(quantized),
             "inference_precision": pinned_hint(quantized) or "default",
             "nncf_seconds": round(seconds, 2),
+            **({} if keep_fp32 else {"settings": graph_settings(recipe, graph)}),
             "ignored_types": list(recipe.quantize.graphs[graph].get("ignored_types") or [])}
 
 
@@ -142,9 +185,45 @@ def _quiet_nncf():
 
 def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.PathLike,
              target_device: Optional[str] = None, report: bool = True, latency_runs: Optional[int] = None,
+             max_ap_drop: Optional[float] = None, data: Optional[os.PathLike] = None, ap_frames: int = 50,
+             ap_first_frame: Optional[int] = None,
              progress: Callable[[str], None] = lambda msg: None,
              warn: Callable[[str], None] = lambda msg: None) -> Dict:
-    """FP32 and INT8 IRs of every graph in `out`, plus quantize.json and the report. Returns the summary."""
+    """FP32 and INT8 IRs of every graph in `out`, plus quantize.json and the report. Returns the summary.
+
+    With `max_ap_drop`, each graph is quantized under NNCF's accuracy control, scored by AP on `ap_frames` labelled
+    frames of `data` (default: the synthetic scenes the calibration used) from `ap_first_frame` (default: the first
+    frame after the calibration set's)."""
+    with contextlib.ExitStack() as stack:
+        control = None
+        if max_ap_drop is not None:
+            control = _accuracy_control(stack, recipe, onnx_dir, calib_dir, max_ap_drop, data, ap_frames,
+                                        ap_first_frame, progress, warn)
+        return _quantize(recipe, onnx_dir, calib_dir, out, target_device, report, latency_runs, control, progress,
+                         warn)
+
+
+def _accuracy_control(stack, recipe, onnx_dir, calib_dir, max_ap_drop, data, ap_frames, first, progress, warn):
+    from bevport.formats import dataset_or_synthetic
+    from bevport.quantize.accuracy import APScorer, labelled_frames
+    from bevport.runtime.pipeline import pipeline_class
+
+    if max_ap_drop < 0 or ap_frames < 1:
+        raise QuantizeError(f"--max-ap-drop ({max_ap_drop}) must be >= 0 and --ap-frames ({ap_frames}) >= 1")
+    contract = build_contract(recipe)
+    manifest = load_manifest(calib_dir, recipe)
+    first = len(manifest["frames"]) if first is None else first
+    progress("compiling the FP32 graphs for the AP runs")
+    pipeline = pipeline_class(recipe).from_files(recipe, contract, onnx_files(recipe, contract, Path(onnx_dir)),
+                                                 precision="f32")
+    seed = manifest["dataset"].get("seed") or 0
+    dataset, _ = stack.enter_context(dataset_or_synthetic(recipe, data, None, first + ap_frames, seed, progress, warn))
+    frames = labelled_frames(recipe, pipeline, dataset, first, ap_frames, progress, warn)
+    return AccuracyControl(APScorer(recipe, contract, pipeline.compiled, dataset, frames), max_ap_drop, progress)
+
+
+def _quantize(recipe, onnx_dir, calib_dir, out, target_device, report, latency_runs, control, progress,
+              warn) -> Dict:
     import openvino as ov
 
     from bevport.quantize.report import write_report
@@ -168,7 +247,7 @@ def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.Path
             progress(f"keeping {graph} FP32 ({files[source].name}; recipe)" if kept_fp32(recipe, graph) else
                      f"quantizing {graph} ({files[source].name}) on {frames} calibration frames")
             graphs[graph] = _quantize_graph(core, recipe, contract, graph, files[source], Path(calib_dir),
-                                            manifest, tmp, target_device)
+                                            manifest, tmp, target_device, control)
         for entry in graphs.values():
             entry["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                               for p in sorted(tmp.iterdir()) if p.stem in (Path(entry["fp32_ir"]).stem,
@@ -181,7 +260,8 @@ def quantize(recipe, onnx_dir: os.PathLike, calib_dir: os.PathLike, out: os.Path
                             "synthetic": manifest["dataset"]["synthetic"], "warning": manifest.get("warning")},
             "settings": {"target_device": str(target_device or recipe.quantize.target_device).upper(),
                          "preset": recipe.quantize.preset, "fast_bias_correction": recipe.quantize.fast_bias_correction,
-                         "compress_to_fp16": recipe.quantize.compress_to_fp16},
+                         "compress_to_fp16": recipe.quantize.compress_to_fp16,
+                         "max_ap_drop": None if control is None else control.max_drop},
             "versions": {"nncf": _version("nncf"), "openvino": ov.get_version()},
             "graphs": graphs,
         }
