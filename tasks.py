@@ -151,7 +151,7 @@ def convert(c, ckpt=None, data=None, config=None, recipe=None, runner="docker", 
 @task(help={"runner": "auto (Docker when an engine and the images are there), docker or local",
             "frames": "synthetic calibration frames (a demo setting; convert's default is the recipe's)"})
 def demo(c, work="work/demo", runner="auto", frames=16):
-    """The main job on built-in defaults: synthetic checkpoint + synthetic scenes through convert to a bundle."""
+    """The main job on built-in defaults: the trained demo checkpoint + synthetic scenes through convert to a bundle."""
     from bevport.cli import console, run_reporting_errors
     from bevport.convert.run import resolve_runner, synthetic_checkpoint
 
@@ -164,6 +164,17 @@ def demo(c, work="work/demo", runner="auto", frames=16):
     bundle = sorted(Path(work, "dist").glob("*.tar.gz"))[-1]
     picture = sorted(Path(work, "convert", "vis").glob("frame_*.png"))[0]
     console.print(f"bundle: {bundle}\npicture: {picture}", highlight=False)
+
+
+@task(help={"work": "scenes, cache, resumable state and logs",
+            "out": "where the trained tensors go (default <work>/weights.npz; the recipe's train.weights names the "
+                   "shipped file in src/bevport/weights/)",
+            "recipe": "recipe name or path (default: the CLI's)"})
+def train_demo(c, work="work/train-demo", out=None, recipe=None):
+    """Retrain the built-in demo weights on synthetic scenes (about 75 min on 2 cores; resumes where it stopped)."""
+    out = out or f"{work}/weights.npz"
+    argv = [PY, "-m", "bevport.training.demo", "--work", work, "--out", out] + (["--recipe", recipe] if recipe else [])
+    c.run(" ".join(shlex.quote(a) for a in argv), pty=sys.stdout.isatty())
 
 
 @task(help={"slow": "run only the slow end-to-end tests", "docker": "run only the Docker end-to-end test",
@@ -186,6 +197,8 @@ def benchmarks(c):
         c.run(f"{PY} quantize.py --out results/quantize.json")
         c.run(f"{PY} infer.py --out results/infer.json")
         c.run(f"{PY} resume.py --out results/resume.json")
+        c.run(f"{PY} accuracy.py --work ../work/accuracy --out results/accuracy.json")
+        c.run(f"{PY} int8_tuning.py --work ../work/accuracy --out results/int8_tuning.json")
 
 
 # --------------------------------------------------------------------------------------------- images.* and doctor

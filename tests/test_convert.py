@@ -463,7 +463,7 @@ def test_benchmarks_task_runs_the_scripts_in_benchmarks():
     tasks.benchmarks(c)
     scripts = [cmd.split()[1] for _, cmd in c.ran]
     assert scripts == ["benchmarks/export.py", "benchmarks/parity.py", "benchmarks/pool.py", "quantize.py", "infer.py",
-                       "resume.py"]
+                       "resume.py", "accuracy.py", "int8_tuning.py"]
     assert all((ROOT / "benchmarks" / Path(s).name).is_file() for s in scripts)
     assert c.ran[3][0] == str(ROOT / "benchmarks")
 

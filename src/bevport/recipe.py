@@ -224,8 +224,17 @@ def _validate_quantize(r: Recipe) -> None:
 def _validate_runtime(r: Recipe) -> None:
     v = r.runtime.validate
     check_number(r, "runtime.vis_score_threshold", r.runtime.vis_score_threshold, 0)
-    for key in ("min_snr_db", "box_score_threshold", "match_distance_m", "min_matched_fraction"):
+    for key in ("box_score_threshold", "match_distance_m", "min_matched_fraction"):
         check_number(r, f"runtime.validate.{key}", v[key], 0)
+    snr = v.min_snr_db
+    if isinstance(snr, dict):
+        graphs = [g for g in r.quantize.graphs]
+        check(set(snr) == set(graphs), r, "runtime.validate.min_snr_db",
+              f"must be one number, or a number for each deploy graph ({', '.join(graphs)}), got {', '.join(snr)}")
+        for graph in graphs:
+            check_number(r, f"runtime.validate.min_snr_db.{graph}", snr[graph], 0)
+    else:
+        check_number(r, "runtime.validate.min_snr_db", snr, 0)
 
 
 def _recipe_path(name_or_path: Union[str, os.PathLike]) -> Path:

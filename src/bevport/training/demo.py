@@ -323,7 +323,8 @@ def main(argv=None) -> None:
     if args.out:
         from bevport.models.trained import write_trained
         digest = write_trained(recipe, trained_tensors(recipe, result["model"]), args.out)
-        print(f"wrote {args.out} (sha256 {digest}): set it as train.weights in the recipe")
+        print(f"wrote {args.out} (sha256 {digest}); to ship it, copy it to src/bevport/weights/ and set the "
+              "recipe's train.weights (file, sha256)")
 
 
 if __name__ == "__main__":
