@@ -142,9 +142,10 @@ def test_quantize_writes_fp32_and_int8_irs_with_the_deploy_names(quantized, cont
     summary = json.loads((quantized / "quantize.json").read_text())
     assert summary["settings"] == {"target_device": "GPU", "preset": "performance", "fast_bias_correction": False,
                                    "compress_to_fp16": False, "max_ap_drop": None}
-    assert all(summary["graphs"][g]["settings"] == {"preset": "performance", "fast_bias_correction": False,
-                                                    "ignored_types": [], "ignored_patterns": []}
-               for g in ("camera", "fuser", "head"))
+    assert all(summary["graphs"][g]["settings"] == {"preset": recipe.quantize.graphs[g].get("preset", "performance"),
+                                                    "fast_bias_correction": False, "ignored_types": [],
+                                                    "ignored_patterns": []} for g in ("camera", "fuser", "head"))
+    assert summary["graphs"]["camera"]["settings"]["preset"] == "mixed"
     counts = {g: summary["graphs"][g]["fake_quantize_ops"] for g in GRAPHS}
     assert counts["camera"] > 30 and counts["fuser"] > 10 and counts["head"] > 10
     assert counts["lidar_pfe"] == 0  # the recipe keeps the PFE FP32: NNCF never sees it

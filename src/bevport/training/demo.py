@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
-import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -28,7 +26,7 @@ from bevport.fsutil import atomic_write_bytes
 from bevport.geometry.lss import PoolTableCache, bev_pool
 from bevport.geometry.voxelize import voxelize
 from bevport.recipe import DEFAULT_RECIPE, Recipe, load_recipe
-from bevport.training.centerpoint import CODE_SIZE, TargetGrid, collate, dense_targets, task_loss
+from bevport.training.centerpoint import TargetGrid, collate, dense_targets, task_loss
 
 CROP_ALIGN = 8          # crop offsets are multiples of the decoder's total stride (4) and its upsampling
 
