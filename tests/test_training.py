@@ -98,7 +98,7 @@ def test_a_few_steps_lower_the_loss(recipe, cached):
     targets = demo.crop_targets(crops)
     losses = []
     for _ in range(6):
-        loss = demo.loss_of(recipe, demo.forward_crops(model, crops, frames.grid.shape), targets)
+        loss = demo.loss_of(recipe, demo.forward_crops(model, crops), targets)
         total = loss["heatmap"] + loss["box"]
         optimizer.zero_grad()
         total.backward()

@@ -173,20 +173,17 @@ class Frames:
         return [(self.frames[i], slice(x, x + cx), slice(y, y + cy)) for i, x, y in zip(picks, xs, ys)]
 
 
-def lidar_canvas(model, cached: Dict[str, np.ndarray], grid_shape) -> torch.Tensor:
-    """PFN over the frame's pillars, scattered to its LiDAR BEV [C, nx, ny] (X-major, as the runtime's scatter)."""
-    coords = cached["coords"]
-    pillars = model.pillar_features(torch.from_numpy(cached["features"]), torch.from_numpy(cached["counts"]),
-                                    torch.from_numpy(np.pad(coords, ((0, 0), (1, 0)))))
-    index = torch.from_numpy(coords[:, 0].astype(np.int64) * grid_shape[1] + coords[:, 1])
-    canvas = pillars.new_zeros(pillars.shape[1], grid_shape[0] * grid_shape[1])
-    return canvas.index_copy(1, index, pillars.t()).view(-1, *grid_shape)
+def lidar_canvas(model, cached: Dict[str, np.ndarray]) -> torch.Tensor:
+    """PFN over the frame's pillars, scattered by the model's own PointPillarsScatter to its LiDAR BEV [C, nx, ny]."""
+    coords = torch.from_numpy(np.pad(cached["coords"], ((0, 0), (1, 0))))          # (batch 0, ix, iy, iz)
+    pillars = model.pillar_features(torch.from_numpy(cached["features"]), torch.from_numpy(cached["counts"]), coords)
+    return model.scatter(pillars, coords, 1)[0]
 
 
-def forward_crops(model, crops, grid_shape) -> List[Dict[str, torch.Tensor]]:
+def forward_crops(model, crops) -> List[Dict[str, torch.Tensor]]:
     """PFN + scatter on each frame's whole grid, then fuser + decoder + head on the batch of crops."""
     cam = [torch.from_numpy(f["cam_bev"][:, xs, ys].astype(np.float32)) for f, xs, ys in crops]
-    lidar = [lidar_canvas(model, f, grid_shape)[:, xs, ys] for f, xs, ys in crops]
+    lidar = [lidar_canvas(model, f)[:, xs, ys] for f, xs, ys in crops]
     return model.head(model.decode_bev(torch.stack(cam), torch.stack(lidar)))
 
 
@@ -228,7 +225,7 @@ def train(recipe: Recipe, files: Sequence[Path], work: Path, steps: int, seed: i
     while step < stop:
         rng = np.random.default_rng([seed, step])
         crops = frames.batch(rng, batch_size)
-        losses = loss_of(recipe, forward_crops(model, crops, frames.grid.shape), crop_targets(crops))
+        losses = loss_of(recipe, forward_crops(model, crops), crop_targets(crops))
         total = losses["heatmap"] + losses["box"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -257,9 +254,8 @@ def detect_cached(recipe: Recipe, model, cached: Dict[str, np.ndarray]):
     """The model's detections on one cached frame, decoded as the runtime decodes the head graph's outputs."""
     from bevport.runtime.decode import decode_tasks
 
-    grid = tuple(recipe.bev_shape)
     cam = torch.from_numpy(cached["cam_bev"].astype(np.float32))[None]
-    tasks = model.head(model.decode_bev(cam, lidar_canvas(model, cached, grid)[None]))
+    tasks = model.head(model.decode_bev(cam, lidar_canvas(model, cached)[None]))
     return decode_tasks([{k: v.numpy() for k, v in task.items()} for task in tasks], recipe)
 
 
