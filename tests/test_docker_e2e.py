@@ -21,17 +21,37 @@ def importable(client, kind: str, *modules: str) -> dict:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory):
+    """The demo's trained checkpoint, composed in the export image (torch 1.11)."""
+    from bevport.convert.run import synthetic_checkpoint
+
+    return synthetic_checkpoint(tmp_path_factory.mktemp("trained") / "trained.pth", "docker", trained=True)
+
+
+@pytest.fixture(scope="module")
+def docker_scenes(tmp_path_factory):
+    """20 held-out synthetic scenes (not the training seed): 16 to calibrate, 2 held out, 2 to validate."""
+    from bevport.cli import main
+
+    out = tmp_path_factory.mktemp("docker-scenes") / "kitti"
+    main(["synth-data", "--frames", "20", "--seed", "7", "--out", str(out), "-q"])
+    return out
+
+
 @pytest.mark.docker
-def test_convert_in_docker_gives_a_verified_bundle(synthetic_ckpt, scenes, tmp_path):
-    # the dataset goes in through the read-only /data mount: 2 calibration frames, 1 held out, 1 for validation
-    req = ConvertRequest(synthetic_ckpt, tmp_path / "work", tmp_path / "dist", data=scenes, num_samples=2, holdout=1,
-                         allow_drift=True)
+def test_convert_in_docker_gives_a_verified_bundle(trained_ckpt, docker_scenes, tmp_path):
+    # The trained checkpoint with the validation gates on: the image-built INT8 bundle must stay within the recipe's
+    # drift bounds on frames calibration never saw. The dataset goes in through the read-only /data mount.
+    req = ConvertRequest(trained_ckpt, tmp_path / "work", tmp_path / "dist", data=docker_scenes, num_samples=16,
+                         holdout=2)
     assert set(run_convert(req, "docker").values()) == {"ran"}
     manifest = json.loads((tmp_path / "work" / "calib" / "manifest.json").read_text())
     assert manifest["dataset"]["root"] == "/data" and not manifest["dataset"]["synthetic"]
-    assert [f["id"] for f in manifest["frames"]] == ["000000", "000001", "000002"]
+    assert [f["id"] for f in manifest["frames"]] == [f"{i:06d}" for i in range(18)]
     validated = json.loads((tmp_path / "work" / "validate.json").read_text())
-    assert validated["device"] == "CPU" and validated["frames"] == ["000003"]
+    assert validated["device"] == "CPU" and validated["frames"] == ["000018", "000019"]
+    assert validated["passed"], validated.get("failures")
     # the image's NNCF/OpenVINO (older than the host's) made graphs with the recipe's properties: the PFE is kept
     # FP32 and pinned to f32, the others are quantized; in the runtime image the INT8 PFE equals the FP32 one
     ir = tmp_path / "work" / "ir"
@@ -87,17 +107,15 @@ def test_saved_runtime_image_loads_back_and_a_damaged_copy_is_refused(tmp_path):
 
 
 @pytest.mark.docker
-def test_trained_demo_checkpoint_composed_in_the_export_image(recipe, tmp_path):
+def test_trained_demo_checkpoint_composed_in_the_export_image(recipe, trained_ckpt):
     """The demo's checkpoint drawn in the export image (torch 1.11) carries exactly the committed trained tensors."""
     import torch
 
     from bevport.checkpoint import load_weights
-    from bevport.convert.run import synthetic_checkpoint
     from bevport.models.trained import load_trained
     from bevport.models.v2xfusion import V2XFusion
 
-    path = synthetic_checkpoint(tmp_path / "trained.pth", "docker", trained=True)
     model = V2XFusion(recipe)
-    load_weights(model, path)                      # strict: every key, shape and dtype of the upstream layout
+    load_weights(model, trained_ckpt)                     # strict: every key, shape and dtype of the upstream layout
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in load_trained(recipe).items())
