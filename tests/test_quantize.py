@@ -68,18 +68,18 @@ def test_without_data_calibrates_on_synthetic_scenes_and_says_so(exported, tmp_p
     assert manifest["dataset"]["synthetic"] is True and "NOT for production" in manifest["warning"]
 
 
-def test_frames_beyond_the_static_voxel_count_are_reported(exported, tmp_path, capsys):
+def test_frames_beyond_the_static_voxel_count_are_calibrated_whole(exported, tmp_path, capsys):
+    """Dense frames keep every pillar (the PFE runs once per V rows): nothing dropped, runs counted per frame."""
     from bevport.data.scenes import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "dense", frames=2, seed=1, density=1.6)
     out = tmp_path / "calib"
     main(["calibrate", "--onnx", str(exported), "--data", str(data), "--num-samples", "1", "--holdout", "1",
           "--out", str(out)])
-    assert "beyond V=7000 are dropped" in capsys.readouterr().err
+    assert "are dropped" not in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert sum(1 for f in manifest["frames"] if f["dropped_pillars"]) == 2
     assert manifest["settings"] == {"static_voxels": 7000, "intensity_scale": 1.0}
-    assert all(f["pillars"] - f["dropped_pillars"] == 7000 for f in manifest["frames"])
+    assert all(f["pillars"] > 7000 and f["dropped_pillars"] == 0 and f["pfe_runs"] == 2 for f in manifest["frames"])
 
 
 def test_bad_frame_is_skipped_and_counted_or_fails(exported, scenes, tmp_path, capsys):

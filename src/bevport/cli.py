@@ -178,7 +178,8 @@ def _runtime_options(args, recipe):
     int8 = graph_precisions(recipe, args.int8, args.fp32, only)
     return RuntimeOptions(device=args.device, int8=int8, inference_precision=args.inference_precision,
                           cache_dir=None if args.no_cache else (args.cache_dir or DEFAULT_CACHE),
-                          channel_order=args.channel_order, throughput=getattr(args, "throughput", False))
+                          channel_order=args.channel_order, throughput=getattr(args, "throughput", False),
+                          deploy_cap=args.deploy_cap)
 
 
 def cmd_infer(args) -> None:
@@ -309,6 +310,9 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
                    help="FP32 graphs at f32 (default) or at the device's default (bf16 on AMX CPUs, f16 on GPUs)")
     p.add_argument("--channel-order", choices=("training", "deploy-binary"), default="training",
                    help="image channel order: the checkpoint's (BGR quirk) or what Intel's split binary feeds (RGB)")
+    p.add_argument("--deploy-cap", action="store_true",
+                   help="see only what the deploy binary binds (V2X: the first static-V pillars of a frame) instead "
+                        "of every input the checkpoint's test-time code uses; for comparisons with the binary")
     p.add_argument("--cache-dir", type=Path, help="OpenVINO model cache (default ~/.cache/bevport/ov)")
     p.add_argument("--no-cache", action="store_true", help="do not cache compiled models")
     p.add_argument("--on-bad-frame", choices=("skip", "fail"), default="skip")

@@ -9,7 +9,7 @@ binary's SYCL voxelizer fills slots through atomics instead, so its order differ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -135,20 +135,32 @@ def voxelize(points: np.ndarray, point_cloud_range: Sequence[float], voxel_size:
 
 
 def voxelize_padded(points: np.ndarray, point_cloud_range: Sequence[float], voxel_size: Sequence[float],
-                    max_points: int, num_slots: int) -> PaddedVoxels:
-    """`voxelize(..., max_voxels=num_slots)` laid out as the PFE's `num_slots` rows (rows beyond the voxel count are
-    zero), filled directly, without an intermediate copy."""
+                    max_points: int, num_slots: int, max_voxels: Optional[int] = None) -> PaddedVoxels:
+    """`voxelize(..., max_voxels)` laid out as rows for a PFE of `num_slots` rows, filled directly, without an
+    intermediate copy. max_voxels defaults to num_slots (one PFE run, voxels beyond it dropped); a larger one gives a
+    multiple of num_slots rows (one PFE run per block of num_slots rows). Rows beyond the voxel count are zero."""
     points = _as_points(points)
-    a = _assign(points, point_cloud_range, voxel_size, max_points, num_slots)
-    return _padded(_features(points, a, num_slots, max_points), a.counts, a.coords, a.num_dropped_voxels)
+    max_voxels = num_slots if max_voxels is None else max(int(max_voxels), num_slots)
+    a = _assign(points, point_cloud_range, voxel_size, max_points, max_voxels)
+    rows = max(1, -(-a.counts.size // num_slots)) * num_slots
+    return _padded(_features(points, a, rows, max_points), a.counts, a.coords, a.num_dropped_voxels)
 
 
-def voxelize_for_deploy(recipe, points: np.ndarray) -> PaddedVoxels:
-    """The static PFE's inputs from the recipe's first `input.point_dims` point columns: `export.deploy_max_points`
-    slots, `export.static_voxels` rows; `num_dropped` counts the voxels beyond them."""
+def test_time_max_voxels(recipe) -> int:
+    """The voxel limit of the checkpoint's test-time voxelizer (`max_voxels` is [train, test] or one number)."""
+    limit = recipe.model.lidar.voxelize.max_voxels
+    return int(limit[-1] if isinstance(limit, (list, tuple)) else limit)
+
+
+def voxelize_for_deploy(recipe, points: np.ndarray, deploy_cap: bool = False) -> PaddedVoxels:
+    """The static PFE's inputs from the recipe's first `input.point_dims` point columns, `export.deploy_max_points`
+    slots per voxel. Every voxel training's test-time voxelizer keeps, in blocks of `export.static_voxels` rows (one
+    PFE run each); with deploy_cap, only the first `export.static_voxels` voxels, as the deploy binary binds them.
+    `num_dropped` counts the voxels left out."""
     vox = recipe.model.lidar.voxelize
+    limit = recipe.export.static_voxels if deploy_cap else test_time_max_voxels(recipe)
     return voxelize_padded(np.asarray(points, F32)[:, : recipe.input.point_dims], vox.point_cloud_range,
-                           vox.voxel_size, recipe.export.deploy_max_points, recipe.export.static_voxels)
+                           vox.voxel_size, recipe.export.deploy_max_points, recipe.export.static_voxels, limit)
 
 
 def scatter(pillar_features: np.ndarray, coors: np.ndarray, valid: Union[int, np.ndarray],

@@ -128,6 +128,13 @@ class PFEGraph(nn.Module):
     and counts at most `max_points` points, which reproduces the training-time features of every voxel; slots
     beyond `max_points` are ignored. The PFN's BN -> Linear -> BN is folded into one affine in float64, as NVIDIA's
     export does.
+
+    The arithmetic is `PillarFeatureNet.decorate` + the folded layer, laid out for a CPU plugin (measured in
+    OpenVINO: 17 -> 10 ms at V = 7000 on 2 cores): slots lead ([P,V,.]) so the max over slots is a reduction over
+    the outer axis (over the middle axis of [V,P,64] it cost 8 ms alone); the 9 decorated channels come from one
+    MatMul with a 0/1 matrix minus per-pillar offsets (exact: every product is x*1 or x*0) instead of a Concat on a
+    4-wide axis, which runs a reference kernel; bias and ReLU follow the max (both are monotone, so
+    max(relu(y + b)) == relu(max(y) + b) exactly) and touch V*64 values instead of V*P*64.
     """
 
     def __init__(self, model: V2XFusion, max_points: int):
@@ -137,13 +144,25 @@ class PFEGraph(nn.Module):
         weight, bias = model.pfn.pfn_layers[0].folded()
         self.register_buffer("weight_t", weight.t().contiguous())
         self.register_buffer("bias", bias)
+        # point (x, y, z, i) -> decorated (x, y, z, i, x, y, z, x, y) before the offsets are subtracted
+        copies = torch.zeros(4, 9)
+        for src, dst in ((0, 0), (1, 1), (2, 2), (3, 3), (0, 4), (1, 5), (2, 6), (0, 7), (1, 8)):
+            copies[src, dst] = 1.0
+        self.register_buffer("copies", copies)
 
     def forward(self, features: torch.Tensor, num_voxels: torch.Tensor, coors: torch.Tensor) -> torch.Tensor:
-        points = features[:, : self.max_points]
+        pfn = self.pfn
+        points = features[:, : self.max_points].transpose(0, 1)                   # [P, V, 4]
         counts = torch.clamp(num_voxels, max=self.max_points)
-        x = self.pfn.decorate(points, counts, coors)
-        x = F.relu(torch.matmul(x, self.weight_t) + self.bias)
-        return x.max(dim=1)[0]
+        mean = points.sum(dim=0)[:, :3] / counts.to(points.dtype).clamp(min=1).unsqueeze(1)
+        cx = coors[:, 1].to(points.dtype) * pfn.vx + pfn.x_offset
+        cy = coors[:, 2].to(points.dtype) * pfn.vy + pfn.y_offset
+        offsets = torch.cat([torch.zeros_like(points[0]), mean, torch.stack([cx, cy], -1)], -1)  # [V, 9]
+        decorated = torch.matmul(points, self.copies.to(points.dtype)) - offsets                 # [P, V, 9]
+        slots = torch.arange(self.max_points, device=features.device).view(-1, 1)
+        mask = (counts.view(1, -1).to(torch.int64) > slots).to(points.dtype).unsqueeze(-1)
+        y = torch.matmul(decorated * mask, self.weight_t)                                       # [P, V, 64]
+        return F.relu(y.max(dim=0)[0] + self.bias)
 
 
 class FuserGraph(nn.Module):

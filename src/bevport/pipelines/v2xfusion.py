@@ -20,9 +20,10 @@ from bevport.contract import GraphSpec, Port, center_head_graph, graph
 from bevport.data.preprocess import CameraMetas, camera_metas, image_tensor
 from bevport.errors import DatasetError, RecipeError
 from bevport.geometry.lss import PoolTableCache, bev_pool, depth_bins
-from bevport.geometry.voxelize import scatter, voxelize_for_deploy
+from bevport.geometry.voxelize import scatter, test_time_max_voxels, voxelize_for_deploy
 from bevport.recipe import cells, check, check_numbers
 from bevport.runtime import pipeline as base
+from bevport.runtime.graphs import infer
 
 CAMERA, PFE_DYNAMIC, PFE, FUSER, HEAD = "camera", "lidar_pfe_dynamic", "lidar_pfe", "fuser", "head"
 
@@ -127,6 +128,9 @@ def check_recipe(r) -> None:
     ntasks = len(head.tasks)
     for key in ("nms_type", "min_radius", "nms_scale"):
         check(len(head.test_cfg[key]) >= ntasks, r, f"model.head.test_cfg.{key}", f"needs one entry per task ({ntasks})")
+    limit = vox.max_voxels
+    check(all(isinstance(n, int) and n > 0 for n in (limit if isinstance(limit, list) else [limit])), r,
+          "model.lidar.voxelize.max_voxels", f"is {limit!r}; expected a positive integer or [train, test] integers")
     check(r.export.static_voxels > 0 and r.export.deploy_max_points >= vox.max_num_points, r, "export",
           f"static_voxels must be > 0 and deploy_max_points >= max_num_points ({vox.max_num_points})")
     graph_specs(r)  # every graph's tensor names fit its ports
@@ -245,22 +249,32 @@ class V2XInputs(base.FrameInputs):
     """One frame read and preprocessed: the camera input, its calibration and the PFE's padded voxels."""
     img: np.ndarray                 # [1,3,H,W] float32, normalised in the checkpoint's channel order
     metas: CameraMetas
-    pfe: Dict[str, np.ndarray]      # the PFE graph's three named inputs
+    pfe: Dict[str, np.ndarray]      # the PFE graph's three named inputs, a multiple of the static V rows
     num_voxels: int                 # non-empty pillars in the frame
-    num_dropped: int                # pillars beyond the static V, not seen by the PFE
+    num_dropped: int                # pillars no PFE run sees (beyond the static V with --deploy-cap)
     static_voxels: int
     non_finite_points: int = 0      # points with nan/inf in a column the model reads, dropped
 
+    @property
+    def pfe_runs(self) -> int:
+        """Static-V PFE runs this frame needs (1 unless it has more pillars than V)."""
+        return len(next(iter(self.pfe.values()))) // self.static_voxels
+
+    def pfe_chunks(self) -> List[Dict[str, np.ndarray]]:
+        """The PFE feed of each run: consecutive blocks of V rows (views, no copies)."""
+        v = self.static_voxels
+        return [{name: a[start:start + v] for name, a in self.pfe.items()} for start in range(0, v * self.pfe_runs, v)]
+
     def stats(self) -> Dict[str, int]:
-        return {"pillars": self.num_voxels, "dropped_pillars": self.num_dropped}
+        return {"pillars": self.num_voxels, "dropped_pillars": self.num_dropped, "pfe_runs": self.pfe_runs}
 
     def notes(self) -> List[str]:
         notes = []
         if self.non_finite_points:
             notes.append(f"frame {self.frame_id}: {self.non_finite_points} points with nan/inf values dropped")
         if self.num_dropped:
-            notes.append(f"frame {self.frame_id}: {self.num_voxels} pillars, {self.num_dropped} beyond "
-                         f"V={self.static_voxels} are dropped (the deploy binary drops them too)")
+            notes.append(f"frame {self.frame_id}: {self.num_voxels} pillars, {self.num_dropped} are dropped (beyond "
+                         f"V={self.static_voxels} as the deploy binary binds it, or training's voxel limit)")
         return notes
 
 
@@ -279,8 +293,8 @@ class Pipeline(base.Pipeline):
     """The camera graph runs as an asynchronous request while the LiDAR branch (PFE + scatter) runs on the calling
     thread, as the deploy binary overlaps its two branches; pooling waits for the camera, then fuser and head run."""
 
-    def __init__(self, recipe, contract, compiled):
-        super().__init__(recipe, contract, compiled)
+    def __init__(self, recipe, contract, compiled, deploy_cap: bool = False):
+        super().__init__(recipe, contract, compiled, deploy_cap)
         self.tables = PoolTableCache(recipe)
         self._free_requests: deque = deque()  # camera requests not in flight; start() takes one, finish() returns it
 
@@ -295,7 +309,7 @@ class Pipeline(base.Pipeline):
         finite = np.isfinite(points[:, : self.recipe.input.point_dims]).all(axis=1)
         if not finite.all():
             points = points[finite]
-        padded = voxelize_for_deploy(self.recipe, scaled_points(self.recipe, points))
+        padded = voxelize_for_deploy(self.recipe, scaled_points(self.recipe, points), self.deploy_cap)
         pfe = self.feed(PFE, padded.features, padded.num_voxels, padded.coors)
         valid = int(np.count_nonzero(padded.num_voxels))
         return V2XInputs(frame.id, img, metas, pfe, valid + padded.num_dropped, padded.num_dropped,
@@ -332,9 +346,17 @@ class Pipeline(base.Pipeline):
             return bev_pool(table, depth[0], feature.reshape(fh, fw, c))[None]
 
     def lidar_bev(self, result: base.FrameResult) -> np.ndarray:
-        pfe = result.inputs.pfe
-        pillars = self.run_graph(PFE, pfe, result)[self.contract[PFE].outputs[0].name]
-        _, num_voxels, coors = (pfe[t.name] for t in self.contract[PFE].inputs)
+        """PFE over every pillar, V rows per run (features are per pillar, so the blocks equal one run over all of
+        them), then the scatter. The result records the first run's feed and output as the PFE's."""
+        inputs = result.inputs
+        name = self.contract[PFE].outputs[0].name
+        first, *rest = inputs.pfe_chunks()
+        pillars = [self.run_graph(PFE, first, result)[name]]
+        for chunk in rest:
+            with self.timed(PFE, result):
+                pillars.append(infer(self.compiled[PFE], self.contract[PFE], chunk)[name])
+        pillars = pillars[0] if len(pillars) == 1 else np.concatenate(pillars)
+        _, num_voxels, coors = (inputs.pfe[t.name] for t in self.contract[PFE].inputs)
         with self.timed("scatter", result):
             return scatter(pillars, coors, num_voxels, self.recipe.bev_shape)
 

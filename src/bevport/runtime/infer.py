@@ -52,6 +52,7 @@ class RuntimeOptions:
     cache_dir: Optional[Path] = DEFAULT_CACHE
     channel_order: str = "training"     # or "deploy-binary": true RGB order as Intel's split binary feeds it
     throughput: bool = False
+    deploy_cap: bool = False            # the deploy binary's input limits (V2X: first static-V pillars only)
 
 
 def open_core(options: RuntimeOptions):
@@ -82,7 +83,7 @@ def open_pipeline(recipe, bundle: Path, options: RuntimeOptions, warn: Callable 
         described[graph] = {"file": path.name, "precision": "int8" if quantized else "fp32",
                             "inference_precision": compile_config(model, request).get(HINT, "default"),
                             "compile_s": round(time.perf_counter() - start, 3)}
-    return RuntimePipeline(pipeline_class(recipe)(recipe, contract, compiled), described, options)
+    return RuntimePipeline(pipeline_class(recipe)(recipe, contract, compiled, options.deploy_cap), described, options)
 
 
 class RuntimePipeline:

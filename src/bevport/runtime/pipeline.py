@@ -49,22 +49,25 @@ class FrameResult:
 class Pipeline:
     """The compiled deploy graphs of a recipe and the host stages between them."""
 
-    def __init__(self, recipe, contract: Contract, compiled: Dict[str, object]):
+    def __init__(self, recipe, contract: Contract, compiled: Dict[str, object], deploy_cap: bool = False):
         self.recipe = recipe
         self.contract = contract
         self.compiled = compiled
+        # Reproduce the deploy binary's input limits (V2X: the static V pillars) instead of every input training saw.
+        self.deploy_cap = deploy_cap
         self.seconds: Dict[str, float] = defaultdict(float)  # accumulated wall time per graph and host stage
 
     @classmethod
     def from_files(cls, recipe, contract: Contract, files: Dict[str, Path], device: str = "CPU",
-                   precision: str = "f32", core=None, config: Optional[Dict] = None) -> "Pipeline":
+                   precision: str = "f32", core=None, config: Optional[Dict] = None,
+                   deploy_cap: bool = False) -> "Pipeline":
         """Compile each deploy graph's file (ONNX or IR), after checking it against the contract."""
         import openvino as ov
 
         core = core or ov.Core()
         compiled = {key: compile_graph(core, read_graph(core, files[key], contract[key]), device, precision, config)
                     for key in deploy_graphs(recipe)}
-        return cls(recipe, contract, compiled)
+        return cls(recipe, contract, compiled, deploy_cap)
 
     # --------------------------------------------------------------------------------- what architectures define
     def prepare(self, frame, channel_order: str = "training") -> FrameInputs:
