@@ -71,3 +71,33 @@ def test_frame_beyond_the_static_v_loses_no_pillar(recipe, contract, exported, m
     assert "dropped" in capped.notes()[0]
     for name, value in capped.pfe.items():
         np.testing.assert_array_equal(value, inputs.pfe[name][:v])
+
+
+def test_prefetch_keeps_order_forwards_errors_and_stops_with_the_consumer():
+    import threading
+
+    import pytest
+
+    from bevport.errors import DatasetError
+    from bevport.runtime.pipeline import prefetched
+
+    produced = []
+
+    def frames(fail_at=None):
+        for i in range(100):
+            if i == fail_at:
+                raise DatasetError(f"frame {i}: unreadable")
+            produced.append(i)
+            yield i
+
+    assert list(prefetched(frames(), 2)) == list(range(100))
+    assert list(prefetched(frames(), 0)) == list(range(100))
+    with pytest.raises(DatasetError, match="frame 5"):
+        for i in prefetched(frames(fail_at=5), 2):
+            assert i < 5
+    produced.clear()
+    for i in prefetched(frames(), 2):
+        if i == 3:
+            break
+    assert len(produced) <= 3 + 1 + 2 + 1      # the consumed ones, at most `depth` queued and one being made
+    assert not [t for t in threading.enumerate() if t.name == "bevport-prefetch"]

@@ -184,12 +184,22 @@ def test_bench_reports_stages_fps_and_overhead(quantized, scenes, tmp_path):
     main(["bench", "--bundle", str(quantized), "--data", str(scenes), "--num-samples", "2", "--throughput-frames",
           "3", "--no-cache", "--out", str(out), "-q"])
     report = json.loads(out.read_text())
-    for precision in ("int8", "fp32"):
+    for precision in ("int8", "fp32", "fp32-default"):
         entry = report["precisions"][precision]
         assert entry["latency"]["fps"] > 0 and 0 < entry["latency"]["non_model_share"] < 1
         assert entry["latency"]["stages"]["camera"]["p90_ms"] >= entry["latency"]["stages"]["camera"]["median_ms"]
+        assert "prepare" in entry["latency"]["stages"] and "prepare_background" not in entry["latency"]["stages"]
         assert entry["throughput"]["frames"] == 3 and entry["throughput"]["fps"] > 0
+    files = {p: report["precisions"][p]["stages_files"] for p in ("int8", "fp32", "fp32-default")}
+    assert files["fp32"]["camera"]["inference_precision"] == "f32" and files["int8"]["camera"]["precision"] == "int8"
+    # FP32 at the device default: its own run where that default is not f32 (bf16 on AMX), else the f32 figures
+    default = report["device_default_precision"]
+    assert (report["precisions"]["fp32-default"].get("same_as") == "fp32") == (default == "f32")
+    if default != "f32":
+        assert files["fp32-default"]["camera"]["inference_precision"] == "default"
+    assert files["fp32-default"]["lidar_pfe"]["precision"] == "fp32"
     assert report["int8_speedup"] > 1.0 and report["peak_rss_mib"] > 100
+    assert report["int8_speedup_vs_fp32_default"] > 1.0
     cpu = report["cpu"]
     assert cpu["isa"] in ("amx", "avx512_bf16", "avx512_vnni", "avx512", "avx2_vnni", "avx2", "other", None)
     assert cpu["default_inference_precision"] in ("f32", "bf16") and cpu["cpu_model"]

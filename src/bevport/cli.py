@@ -226,10 +226,12 @@ def cmd_bench(args) -> None:
 
     recipe = _load_recipe(args)
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    if not precisions or any(p not in ("int8", "fp32") for p in precisions):
+    from bevport.runtime.bench import PRECISIONS
+
+    if not precisions or any(p not in PRECISIONS for p in precisions):
         from bevport.errors import BevportError
 
-        raise BevportError(f"--precision {args.precision}: expected a comma list of int8 and fp32")
+        raise BevportError(f"--precision {args.precision}: expected a comma list of {', '.join(PRECISIONS)}")
     with _Progress(args.quiet) as progress:
         report = run_bench(recipe, args.bundle, args.data, _runtime_options(args, recipe), precisions,
                            frames=args.num_samples or 10, split=args.split, throughput_frames=args.throughput_frames,
@@ -409,9 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="per-stage latency and frames per second, FP32 and INT8")
     _add_recipe_args(p)
     _add_runtime_args(p)
-    p.add_argument("--precision", default="int8,fp32", help="comma list of int8, fp32 (default both)")
+    p.add_argument("--precision", default="int8,fp32,fp32-default",
+                   help="comma list of int8, fp32 (FP32 graphs at --inference-precision, f32 by default) and "
+                        "fp32-default (at the device's default: bf16 on AMX CPUs); default all three")
     p.add_argument("--throughput-frames", type=int, default=0,
-                   help="also measure pipelined throughput over this many frames (AsyncInferQueue)")
+                   help="also measure throughput over this many frames streamed from the dataset (read ahead on a "
+                        "background thread, two frames in flight)")
     p.add_argument("--out", type=Path, help="bench.json path (default: <bundle>/bench.json)")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("bundle", help="release bundle: deploy tree + reports + manifest, and a deterministic .tar.gz")

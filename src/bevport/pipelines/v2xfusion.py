@@ -23,7 +23,6 @@ from bevport.geometry.lss import PoolTableCache, bev_pool, depth_bins
 from bevport.geometry.voxelize import scatter, test_time_max_voxels, voxelize_for_deploy
 from bevport.recipe import cells, check, check_numbers
 from bevport.runtime import pipeline as base
-from bevport.runtime.graphs import infer
 
 CAMERA, PFE_DYNAMIC, PFE, FUSER, HEAD = "camera", "lidar_pfe_dynamic", "lidar_pfe", "fuser", "head"
 
@@ -320,7 +319,7 @@ class Pipeline(base.Pipeline):
         request = self._free_requests.popleft() if self._free_requests else \
             self.compiled[CAMERA].create_infer_request()
         result.feeds[CAMERA] = self.feed(CAMERA, inputs.img)
-        request.start_async(result.feeds[CAMERA])
+        request.start_async(result.feeds[CAMERA], share_inputs=True)   # the feed lives on the result
         result.pending[CAMERA] = (request, time.perf_counter())
         result.pending["lidar_bev"] = self.lidar_bev(result)    # overlaps the camera graph
         return result
@@ -354,7 +353,7 @@ class Pipeline(base.Pipeline):
         pillars = [self.run_graph(PFE, first, result)[name]]
         for chunk in rest:
             with self.timed(PFE, result):
-                pillars.append(infer(self.compiled[PFE], self.contract[PFE], chunk)[name])
+                pillars.append(self.infer(PFE, chunk)[name])
         pillars = pillars[0] if len(pillars) == 1 else np.concatenate(pillars)
         _, num_voxels, coors = (inputs.pfe[t.name] for t in self.contract[PFE].inputs)
         with self.timed("scatter", result):

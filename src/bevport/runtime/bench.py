@@ -1,25 +1,32 @@
-"""`bevport bench`: per-stage latency and frames per second of the whole pipeline, FP32 against INT8.
+"""`bevport bench`: per-stage latency and frames per second of the whole pipeline, INT8 against FP32 at f32 and at
+the device's default precision (bf16 on AMX CPUs).
 
-Both modes time the architecture pipeline's own `run` (`start` + `finish`); nothing here re-implements it. Latency
-mode runs frames one at a time (within a frame the pipeline overlaps what it can, e.g. V2X's camera and LiDAR
-branches), after three warm-up iterations on the first frame as the deploy binary does; it includes reading and
-preprocessing. Throughput mode keeps two frames in flight: frame N+1 is started before frame N is finished, so one
-frame's asynchronous graphs run while the previous frame's remaining graphs and decoding do. Its frames are read and
-preprocessed before timing starts. Every report names the CPU and the ISA OpenVINO's CPU plugin can use.
+Both modes time the architecture pipeline's own `start` / `finish`; nothing here re-implements it. Latency mode runs
+frames one at a time, each read and preprocessed before it starts (within a frame the pipeline overlaps what it can,
+e.g. V2X's camera and LiDAR branches), after three warm-up iterations on the first frame as the deploy binary does.
+Throughput mode streams frames: the next ones are read and preprocessed on a background thread while IN_FLIGHT frames
+run (frame N+1 is started before frame N is finished, so one frame's asynchronous graphs run while the previous
+frame's remaining graphs and decoding do). Every report names the CPU and the ISA OpenVINO's CPU plugin can use.
 """
 from __future__ import annotations
 
+import itertools
 import resource
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
 from bevport.formats import dataset_or_synthetic
 from bevport.runtime.graphs import deploy_graphs
-from bevport.runtime.infer import (RuntimeOptions, graph_precisions, iterate_frames, open_core, open_pipeline,
-                                   summarize_seconds, with_precisions)
-from bevport.runtime.precision import cpu_isa
+from bevport.runtime.infer import (PREFETCH, RuntimeOptions, graph_precisions, iterate_frames, open_core,
+                                   open_pipeline, summarize_seconds, with_precisions)
+from bevport.runtime.pipeline import prefetched, prepared_frames
+from bevport.runtime.precision import cpu_isa, default_precision
+
+# What `--precision` names: every deploy graph INT8; every graph FP32 at the runtime's FP32 precision (--inference-
+# precision, f32 unless asked otherwise); every graph FP32 at the device's own default (bf16 on AMX, f16 on GPUs).
+PRECISIONS = ("int8", "fp32", "fp32-default")
 
 WARMUP = 3
 IN_FLIGHT = 2
@@ -30,16 +37,19 @@ def _peak_rss_mib() -> float:
 
 
 def host_share(seconds: Dict[str, float], graphs) -> float:
-    """The share of a frame's wall time spent in host work (every timed stage that is not a graph)."""
-    host = sum(v for stage, v in seconds.items() if stage not in graphs and stage != "frame")
+    """The share of a frame's wall time spent in host work: every timed stage that is not a graph, except preparation
+    overlapped on the prefetch thread."""
+    host = sum(v for stage, v in seconds.items()
+               if stage not in graphs and stage not in ("frame", "prepare_background"))
     return host / seconds["frame"]
 
 
 def latency_run(runtime, dataset, frames: int, warn: Callable, start: int = 0) -> Dict:
-    outcomes = list(iterate_frames(runtime, dataset, 1, "skip", warn, [], start))
+    """One frame at a time, each read and preprocessed before it runs: the latency of a frame from its files."""
+    outcomes = list(iterate_frames(runtime, dataset, 1, "skip", warn, [], start, prefetch=0))
     for _ in range(WARMUP):
         runtime.detect(runtime.run(outcomes[0].result.inputs))
-    per_frame = [o.seconds for o in iterate_frames(runtime, dataset, frames, "skip", warn, [], start)]
+    per_frame = [o.seconds for o in iterate_frames(runtime, dataset, frames, "skip", warn, [], start, prefetch=0)]
     stages = summarize_seconds(per_frame)
     frame_ms = stages["frame"]["median_ms"]
     graphs = deploy_graphs(runtime.recipe)
@@ -47,20 +57,36 @@ def latency_run(runtime, dataset, frames: int, warn: Callable, start: int = 0) -
             "non_model_share": round(float(np.median([host_share(f, graphs) for f in per_frame])), 4)}
 
 
-def throughput_run(runtime, inputs: List, repeat: int) -> Dict:
-    """Frames per second with IN_FLIGHT frames started before the oldest is finished."""
+def _frame_stream(runtime, dataset, start: int, warn: Callable) -> Iterator:
+    """The dataset's prepared frames from `start`, over and over."""
+    while True:
+        any_frame = False
+        for item in prepared_frames(runtime.pipeline, dataset, start, runtime.options.channel_order, "skip", warn):
+            any_frame = True
+            yield item
+        if not any_frame:
+            return
+
+
+def throughput_run(runtime, dataset, repeat: int, warn: Callable, start: int = 0) -> Dict:
+    """Frames per second over `repeat` frames streamed from the dataset: read and preprocessed PREFETCH ahead on a
+    background thread, IN_FLIGHT frames started before the oldest is finished."""
     pipeline = runtime.pipeline
-    sequence = [inputs[i % len(inputs)] for i in range(repeat)]
+    frames = prefetched(itertools.islice(_frame_stream(runtime, dataset, start, warn), repeat), PREFETCH)
     in_flight: List = []
-    start = time.perf_counter()
-    for frame_inputs in sequence:
+    began = time.perf_counter()
+    for _, frame_inputs, _ in frames:
         in_flight.append(pipeline.start(frame_inputs))
         if len(in_flight) == IN_FLIGHT:
             runtime.detect(pipeline.finish(in_flight.pop(0)))
     for result in in_flight:
         runtime.detect(pipeline.finish(result))
-    seconds = time.perf_counter() - start
-    return {"frames": repeat, "in_flight": IN_FLIGHT, "fps": round(repeat / seconds, 3)}
+    seconds = time.perf_counter() - began
+    return {"frames": repeat, "in_flight": IN_FLIGHT, "prefetch": PREFETCH, "fps": round(repeat / seconds, 3)}
+
+
+def _fp32_request(precision: str, options: RuntimeOptions) -> str:
+    return "default" if precision == "fp32-default" else options.inference_precision
 
 
 def run_bench(recipe, bundle, data, options: RuntimeOptions, precisions: List[str], frames: int = 10,
@@ -68,26 +94,37 @@ def run_bench(recipe, bundle, data, options: RuntimeOptions, precisions: List[st
               progress: Callable = lambda m: None,
               warn: Callable = lambda m: None) -> Dict:
     core = open_core(options)
-    results = {}
+    device_default = default_precision(core, options.device)
+    results: Dict[str, Dict] = {}
     with dataset_or_synthetic(recipe, data, split, frames, 0, progress, warn) as (dataset, _):
         for precision in precisions:
-            chosen = graph_precisions(recipe, int8=precision == "int8", fp32=precision == "fp32")
+            request = _fp32_request(precision, options)
+            if precision == "fp32-default" and "fp32" in results \
+                    and options.inference_precision in ("default", device_default):
+                # the device's default is the precision fp32 already ran at: the same compiled graphs, measured once
+                results[precision] = dict(results["fp32"], same_as="fp32",
+                                          note=f"{options.device} runs FP32 graphs in {device_default} by default")
+                continue
+            chosen = graph_precisions(recipe, int8=precision == "int8", fp32=precision != "int8")
+            run_options = with_precisions(options, chosen, inference_precision=request)
             progress(f"{precision}: latency over {frames} frames")
-            runtime = open_pipeline(recipe, bundle, with_precisions(options, chosen, throughput=False), warn, core)
+            runtime = open_pipeline(recipe, bundle, with_precisions(run_options, chosen, throughput=False), warn, core)
             entry = {"stages_files": runtime.describe(),
                      "latency": latency_run(runtime, dataset, frames, warn, first_frame)}
             if throughput_frames:
                 progress(f"{precision}: throughput over {throughput_frames} frames")
-                runtime = open_pipeline(recipe, bundle, with_precisions(options, chosen, throughput=True), warn, core)
-                inputs = [o.result.inputs
-                          for o in iterate_frames(runtime, dataset, min(frames, 4), "skip", warn, [], first_frame)]
-                entry["throughput"] = throughput_run(runtime, inputs, throughput_frames)
+                runtime = open_pipeline(recipe, bundle, with_precisions(run_options, chosen, throughput=True), warn,
+                                        core)
+                entry["throughput"] = throughput_run(runtime, dataset, throughput_frames, warn, first_frame)
             results[precision] = entry
     report = {"recipe": recipe.name, "bundle": str(bundle), "device": options.device,
               "device_name": core.get_property(options.device, "FULL_DEVICE_NAME"),
-              "cpu": cpu_isa(core),
+              "cpu": cpu_isa(core), "device_default_precision": device_default,
               "inference_precision_fp32": options.inference_precision, "precisions": results,
               "peak_rss_mib": round(_peak_rss_mib(), 1)}
-    if "fp32" in results and "int8" in results:
-        report["int8_speedup"] = round(results["int8"]["latency"]["fps"] / results["fp32"]["latency"]["fps"], 3)
+    int8 = results.get("int8", {}).get("latency", {}).get("fps")
+    for reference in ("fp32", "fp32-default"):
+        if int8 and reference in results:
+            key = "int8_speedup" if reference == "fp32" else "int8_speedup_vs_fp32_default"
+            report[key] = round(int8 / results[reference]["latency"]["fps"], 3)
     return report

@@ -9,6 +9,7 @@ and evaluates them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -23,9 +24,10 @@ from bevport.errors import BevportError, DatasetError
 from bevport.formats import dataset_format, dataset_or_synthetic
 from bevport.runtime.decode import Detections, decode
 from bevport.runtime.graphs import check_device, compile_graph, deploy_graphs, read_graph, resolve_graphs
-from bevport.runtime.pipeline import FrameInputs, FrameResult, pipeline_class, prepared_frames
+from bevport.runtime.pipeline import FrameInputs, FrameResult, pipeline_class, prefetched, prepared_frames
 from bevport.runtime.precision import HINT, compile_config
 
+PREFETCH = 2   # frames read and preprocessed ahead of the one running
 DEFAULT_CACHE = Path(os.environ.get("BEVPORT_CACHE", Path.home() / ".cache" / "bevport")) / "ov"
 
 
@@ -116,22 +118,29 @@ class FrameOutcome:
 
 
 def iterate_frames(runtime: RuntimePipeline, dataset, limit: Optional[int], on_bad_frame: str, warn: Callable,
-                   skipped: List[Dict], start: int = 0) -> Iterator[FrameOutcome]:
+                   skipped: List[Dict], start: int = 0, prefetch: int = PREFETCH) -> Iterator[FrameOutcome]:
     """Read, run and decode frames in dataset order from index `start` (e.g. past the calibration frames); an
-    unreadable frame is skipped and recorded, or raised."""
+    unreadable frame is skipped and recorded, or raised. With `prefetch` > 0 the next frames are read and preprocessed
+    on a background thread while this one runs.
+
+    Per-frame seconds: each pipeline stage, `prepare` (what the loop waited for the frame's inputs: all of their
+    preparation without prefetch), `prepare_background` (with prefetch: the preparation's own time, overlapped) and
+    `frame` (the frame's wall time on the loop: prepare + run + decode)."""
     if limit is not None and limit <= 0:
         return
-    count = 0
-    for frame, inputs, prepared in prepared_frames(runtime.pipeline, dataset, start, runtime.options.channel_order,
-                                                   on_bad_frame, warn, skipped):
+    frames = itertools.islice(prepared_frames(runtime.pipeline, dataset, start, runtime.options.channel_order,
+                                              on_bad_frame, warn, skipped), limit)   # nothing read past the limit
+    waiting = time.perf_counter()
+    for frame, inputs, prepared in prefetched(frames, prefetch):
         began = time.perf_counter()
         result = runtime.run(inputs)
         detections = runtime.detect(result)
-        seconds = dict(result.seconds, prepare=prepared, frame=prepared + time.perf_counter() - began)
+        waited = began - waiting
+        seconds = dict(result.seconds, prepare=waited, frame=waited + time.perf_counter() - began)
+        if prefetch > 0:
+            seconds["prepare_background"] = prepared
         yield FrameOutcome(frame, result, detections, seconds)
-        count += 1
-        if limit is not None and count >= limit:
-            return
+        waiting = time.perf_counter()
 
 
 def json_dump(path: Path, data: Dict) -> None:
