@@ -80,6 +80,27 @@ def test_resize_is_pil_bicubic(recipe, dair_image):
         assert np.allclose(x[0], expected, atol=1e-5) == same
 
 
+def whole_image_tensor(recipe, image):
+    """The single-threaded reference: resize the whole image, crop, normalise."""
+    from bevport.data.preprocess import BICUBIC, normalize
+
+    q = resize_params(recipe)
+    resized = np.asarray(image.resize(q.resize_dims, BICUBIC).crop(q.crop), np.uint8)
+    return normalize(resized, recipe.input.mean, recipe.input.std, bool(recipe.input.to_rgb))[None]
+
+
+@pytest.mark.parametrize("size", [None, (384, 1280), (256, 704), (400, 704)])
+@pytest.mark.parametrize("to_rgb", [True, False])
+def test_image_tensor_per_channel_is_the_whole_image_resize(recipe, dair_image, size, to_rgb):
+    """Bit for bit, at the recipe's geometry and at cropping ones, in both channel orders."""
+    changes = {"input": {"to_rgb": to_rgb}}
+    if size is not None:
+        changes = {"input": {"image_size": list(size), "to_rgb": to_rgb},
+                   "model": {"camera": {"vtransform": {"feature_size": [n // 16 for n in size]}}}}
+    recipe = recipe.updated(changes)
+    np.testing.assert_array_equal(image_tensor(recipe, dair_image), whole_image_tensor(recipe, dair_image))
+
+
 def test_normalize_matches_opencv_float_steps():
     """float32 subtraction of the float32 mean, then a float64 product with 1/std rounded to float32."""
     rgb = np.arange(256, dtype=np.uint8)[:, None, None].repeat(3, axis=2)

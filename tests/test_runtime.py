@@ -189,7 +189,8 @@ def test_bench_reports_stages_fps_and_overhead(quantized, scenes, tmp_path):
         assert entry["latency"]["fps"] > 0 and 0 < entry["latency"]["non_model_share"] < 1
         assert entry["latency"]["stages"]["camera"]["p90_ms"] >= entry["latency"]["stages"]["camera"]["median_ms"]
         assert "prepare" in entry["latency"]["stages"] and "prepare_background" not in entry["latency"]["stages"]
-        assert entry["throughput"]["frames"] == 3 and entry["throughput"]["fps"] > 0
+        assert entry["throughput"]["frames"] == entry["stream"]["frames"] == 3
+        assert entry["throughput"]["fps"] > 0 and entry["stream"]["fps"] > 0
     files = {p: report["precisions"][p]["stages_files"] for p in ("int8", "fp32", "fp32-default")}
     assert files["fp32"]["camera"]["inference_precision"] == "f32" and files["int8"]["camera"]["precision"] == "int8"
     # FP32 at the device default: its own run where that default is not f32 (bf16 on AMX), else the f32 figures

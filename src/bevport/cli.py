@@ -262,8 +262,9 @@ def _print_bench(report, out: Path) -> None:
     table.add_row("frames per second", *[f"{report['precisions'][p]['latency']['fps']:.2f}" for p in precisions])
     table.add_row("non-model share", *[f"{report['precisions'][p]['latency']['non_model_share']:.1%}"
                                        for p in precisions])
-    if all("throughput" in report["precisions"][p] for p in precisions):
-        table.add_row("throughput fps", *[f"{report['precisions'][p]['throughput']['fps']:.2f}" for p in precisions])
+    for mode in ("stream", "throughput"):
+        if all(mode in report["precisions"][p] for p in precisions):
+            table.add_row(f"{mode} fps", *[f"{report['precisions'][p][mode]['fps']:.2f}" for p in precisions])
     Console(highlight=False).print(table)
     Console(highlight=False).print(f"peak RSS {report['peak_rss_mib']:.0f} MiB -> {out}")
 

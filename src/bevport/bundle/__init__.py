@@ -20,7 +20,7 @@
 Determinism: the same inputs give the same archive bytes. The archive holds only content that depends on the
 inputs, never on the run: JSON reports are rewritten in canonical form (sorted keys, fixed separators, ASCII) with
 their volatile fields removed by the rule in `bevport.bundle.canonical` (wall-clock keys such as `*_ms`, `*_s`,
-`*seconds`, `*fps`, `*_mib`, `latency`/`throughput` blocks, `*speedup*`, `non_model_share`; path keys such as
+`*seconds`, `*fps`, `*_mib`, `latency`/`throughput`/`stream` blocks, `*speedup*`, `non_model_share`; path keys such as
 `folder`, `bundle`, `path`, `recipe_origin`; and any string value that is an absolute path). The removed values
 are kept, by JSON pointer, in `<name>.timings.json`, with the bench frames-per-second and latency figures. The
 quantization report's markdown is regenerated without its latency table; its PNG (half of it a latency chart)

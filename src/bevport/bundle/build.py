@@ -261,7 +261,8 @@ def _timing_figures(raw: Dict[str, Dict]) -> Dict[str, Any]:
         out["bench"] = {"int8_speedup": b.get("int8_speedup"), "peak_rss_mib": b.get("peak_rss_mib"), "precisions": {
             p: {"fps": (e.get("latency") or {}).get("fps"),
                 "frame_ms": ((e.get("latency") or {}).get("stages") or {}).get("frame"),
-                "throughput_fps": (e.get("throughput") or {}).get("fps")}
+                "throughput_fps": (e.get("throughput") or {}).get("fps"),
+                "stream_fps": (e.get("stream") or {}).get("fps")}
             for p, e in (b.get("precisions") or {}).items()}}
     out["quantize_latency_ms"] = {
         g: {label: m.get("median_ms") for label, m in (r.get("latency") or {}).items()}

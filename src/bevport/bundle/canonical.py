@@ -2,7 +2,7 @@
 
 A field is volatile, and is moved out of a bundled report, when its key (compared in lower case)
 
-- names a timing block whose whole subtree is wall-clock figures: `latency`, `throughput`, `timings`;
+- names a timing block whose whole subtree is wall-clock figures: `latency`, `throughput`, `stream`, `timings`;
 - ends with a time, rate or memory unit: `_ms`, `_s`, `seconds` (so also `_seconds`), `fps`, `_mib`,
   `_time`, `timestamp`; or contains `speedup` (a ratio of two timings); or is `non_model_share` (idem);
 - names a local path: `path`, `folder`, `bundle`, `root`, `recipe_origin`, `cache_dir`, `workspace`, or ends
@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any, Dict, Tuple
 
-VOLATILE_BLOCKS = frozenset({"latency", "throughput", "timings"})
+VOLATILE_BLOCKS = frozenset({"latency", "throughput", "stream", "timings"})
 VOLATILE_SUFFIXES = ("_ms", "_s", "seconds", "fps", "_mib", "_time", "timestamp")
 VOLATILE_PARTS = ("speedup",)
 VOLATILE_NAMES = frozenset({"non_model_share"})

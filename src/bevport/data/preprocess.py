@@ -10,6 +10,8 @@ direct half-pixel linear resize to the model size (no crop), true R,G,B order, a
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -55,17 +57,22 @@ def img_aug_matrix(recipe) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- image
 
-def normalize(rgb: np.ndarray, mean, std, to_rgb: bool) -> np.ndarray:
-    """HWC uint8 -> CHW float32 like mmcv.imnormalize(rgb, mean, std, to_rgb): with to_rgb the channels are
-    reversed (on PIL's RGB array that yields B,G,R).
+def normalize_tables(mean, std) -> np.ndarray:
+    """[256, 3] float32: the normalised value of every uint8 level per channel index, computed as mmcv does.
 
     Bit-exact with OpenCV's scalar arithmetic inside mmcv: cv2.subtract rounds the float64 mean to float32 and
     subtracts in float32, while cv2.multiply works in float64 (x * 1/std) and rounds the product to float32.
     A uint8 input has 256 values per channel, so the arithmetic runs once per value and the image is a lookup."""
-    channels = rgb[..., ::-1] if to_rgb else rgb
     values = np.arange(256, dtype=F32)[:, None]
     centred = values - np.asarray(mean, np.float64).astype(F32)
-    table = (centred.astype(np.float64) * (1.0 / np.asarray(std, np.float64))).astype(F32)   # [256, 3]
+    return (centred.astype(np.float64) * (1.0 / np.asarray(std, np.float64))).astype(F32)
+
+
+def normalize(rgb: np.ndarray, mean, std, to_rgb: bool) -> np.ndarray:
+    """HWC uint8 -> CHW float32 like mmcv.imnormalize(rgb, mean, std, to_rgb): with to_rgb the channels are
+    reversed (on PIL's RGB array that yields B,G,R)."""
+    channels = rgb[..., ::-1] if to_rgb else rgb
+    table = normalize_tables(mean, std)
     out = np.empty((3,) + rgb.shape[:2], F32)
     for c in range(3):
         np.take(table[:, c], channels[..., c], out=out[c])
@@ -91,11 +98,35 @@ def image_tensor(recipe, image: Image.Image, channel_order: str = "training",
         return _deploy_binary_tensor(recipe, rgb)[None]
     _check_size(recipe, rgb, source)
     p = resize_params(recipe)
-    resized = rgb.resize(p.resize_dims, BICUBIC)
-    if p.crop != (0, 0) + p.resize_dims:
-        resized = resized.crop(p.crop)
+    x1, y1, x2, y2 = p.crop
     inp = recipe.input
-    return normalize(np.asarray(resized, np.uint8), inp.mean, inp.std, bool(inp.to_rgb))[None]
+    if not (0 <= x1 < x2 <= p.resize_dims[0] and 0 <= y1 < y2 <= p.resize_dims[1]):
+        # a crop beyond the resized image: PIL pads it with zeros
+        resized = rgb.resize(p.resize_dims, BICUBIC).crop(p.crop)
+        return normalize(np.asarray(resized, np.uint8), inp.mean, inp.std, bool(inp.to_rgb))[None]
+    # Per channel, in parallel: PIL's single-band resize does each channel's integer arithmetic exactly as its RGB
+    # resize does (same coefficients, same rounding), and releases the GIL while it runs; the lookup normalisation is
+    # per channel too. Bit-identical to resizing the RGB image, about half the wall time on two cores.
+    tables = normalize_tables(inp.mean, inp.std)
+    bands = rgb.split()
+    out = np.empty((1, 3, y2 - y1, x2 - x1), F32)
+
+    def channel(c: int) -> None:        # network channel c; with to_rgb it reads the reversed (B, G, R) band
+        band = bands[2 - c if inp.to_rgb else c].resize(p.resize_dims, BICUBIC)
+        np.take(tables[:, c], np.asarray(band, np.uint8)[y1:y2, x1:x2], out=out[0, c])
+
+    list(_workers().map(channel, range(3)))
+    return out
+
+
+_POOL: Optional[ThreadPoolExecutor] = None
+
+
+def _workers() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(3, os.cpu_count() or 1), thread_name_prefix="bevport-image")
+    return _POOL
 
 
 def _deploy_binary_tensor(recipe, rgb: Image.Image) -> np.ndarray:
