@@ -687,3 +687,41 @@ def test_a_full_disk_and_an_internal_error_are_one_line_each(tmp_path, monkeypat
     log = Path(err.split("traceback is in ")[1].split(";")[0].strip())
     assert "ValueError: an index went wrong" in log.read_text()
     log.unlink()
+
+
+def test_a_rebuild_removes_every_image_it_superseded(monkeypatch):
+    """The final image and the compile stage's tagged image both move to new builds: the old ones (and the final
+    image before its interpreter label) are removed once nothing names them, the current ones are kept."""
+    from types import SimpleNamespace
+
+    import docker
+
+    from bevport.convert import images
+    from bevport.convert.runner import image_tag
+
+    final, stage = image_tag("export"), "bevport-export-build:" + image_tag("export").split(":")[1]
+    tags = {final: "old-final", stage: "old-build"}
+    tagged = {"old-final": [], "old-build": [], "new-build": [stage], "unlabelled": [], "new-final": [final]}
+    removed = []
+
+    def get(name):
+        if name in tags:
+            return SimpleNamespace(id=tags[name], tags=tagged[tags[name]])
+        if name in tagged:
+            return SimpleNamespace(id=name, tags=tagged[name])
+        raise docker.errors.ImageNotFound(name)
+
+    def build(tag, target, **kwargs):
+        tags[tag] = "new-build" if target else "unlabelled"
+        return iter([{"stream": "Step 1/1"}])
+
+    def label(client, kind):
+        tags[final] = "new-final"
+        return "new-final"
+
+    client = SimpleNamespace(api=SimpleNamespace(build=build),
+                             images=SimpleNamespace(get=get, remove=removed.append))
+    monkeypatch.setattr(images, "build_context", lambda *a, **k: b"")
+    monkeypatch.setattr(images, "label_interpreter", label)
+    assert images.build_image(client, "export", "bevport-base:bullseye") == "new-final"
+    assert sorted(removed) == ["old-build", "old-final", "unlabelled"]

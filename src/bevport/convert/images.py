@@ -181,12 +181,12 @@ def build_image(client, kind: str, base: Optional[str], ca_bundle: Optional[Path
     context = build_context(kind, ca_bundle, int(revision["source_date_epoch"]))
     args = build_args(kind, base, revision)
     args.update(extra_args or {})
-    before = _image_id(client, image_tag(kind))
     buildargs = {k: v for k, v in args.items() if v is not None}
     # The compile stage gets a tag of its own (bevport-<kind>-build): visible, removable on purpose, and the layer
     # cache of mmcv-full's compile, instead of a 2.5 GB untagged image.
     stages = [(stage, f"{IMAGES[kind]}-build:{__version__}") for stage in BUILD_STAGES.get(kind, ())]
     stages.append((None, image_tag(kind)))
+    before = {tag: _image_id(client, tag) for _, tag in stages}   # what each tag named before this build
     for target, tag in stages:
         stream = client.api.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag, target=target,
                                   buildargs=buildargs, labels=labels(kind, base or "dockerfile default", revision),
@@ -199,7 +199,8 @@ def build_image(client, kind: str, base: Optional[str], ca_bundle: Optional[Path
                 progress(chunk["stream"].rstrip())
     unlabelled = _image_id(client, image_tag(kind))
     image_id = label_interpreter(client, kind)
-    for superseded in {before, unlabelled} - {image_id, None}:
+    current = {_image_id(client, tag) for _, tag in stages} | {image_id}
+    for superseded in (set(before.values()) | {unlabelled}) - current - {None}:
         _remove_if_untagged(client, superseded)
     return image_id
 
