@@ -11,6 +11,7 @@ Frames are taken in dataset order, as Intel's calibration takes the first N of t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ from bevport.errors import QuantizeError
 from bevport.formats import dataset_or_synthetic
 from bevport.fsutil import atomic_output_dir, sha256_file
 from bevport.runtime.graphs import deploy_graphs, source_graph
-from bevport.runtime.pipeline import Pipeline, pipeline_class, prepared_frames
+from bevport.runtime.pipeline import PREFETCH, Pipeline, pipeline_class, prefetched, prepared_frames
 
 MANIFEST = "manifest.json"
 SYNTHETIC_WARNING = ("calibrated on SYNTHETIC scenes: these INT8 scales are NOT for production; "
@@ -62,8 +63,10 @@ def _collect(dataset, pipeline: Pipeline, tmp: Path, wanted: int, calibration: i
     """Run frames in order until `wanted` succeeded; returns (frame records, skipped records)."""
     frames: List[Dict] = []
     skipped: List[Dict] = []
-    for frame, inputs, seconds in prepared_frames(pipeline, dataset, on_bad_frame=on_bad_frame, warn=warn,
-                                                  skipped=skipped):
+    # frames are read and preprocessed on a background thread while the previous one runs (nothing past `wanted`)
+    ahead = itertools.islice(prepared_frames(pipeline, dataset, on_bad_frame=on_bad_frame, warn=warn,
+                                             skipped=skipped), wanted)
+    for frame, inputs, seconds in prefetched(ahead, PREFETCH):
         pipeline.seconds["read_and_preprocess"] += seconds
         if not frames:
             pipeline.inspect(inputs, warn)

@@ -21,9 +21,9 @@ import numpy as np
 
 from bevport.formats import dataset_or_synthetic
 from bevport.runtime.graphs import deploy_graphs
-from bevport.runtime.infer import (PREFETCH, RuntimeOptions, graph_precisions, iterate_frames, open_core,
-                                   open_pipeline, summarize_seconds, with_precisions)
-from bevport.runtime.pipeline import prefetched, prepared_frames
+from bevport.runtime.infer import (RuntimeOptions, graph_precisions, iterate_frames, open_core, open_pipeline,
+                                   summarize_seconds, with_precisions)
+from bevport.runtime.pipeline import PREFETCH, prefetched, prepared_frames
 from bevport.runtime.precision import cpu_isa, default_precision
 
 # What `--precision` names: every deploy graph INT8; every graph FP32 at the runtime's FP32 precision (--inference-

@@ -24,10 +24,10 @@ from bevport.errors import BevportError, DatasetError
 from bevport.formats import dataset_format, dataset_or_synthetic
 from bevport.runtime.decode import Detections, decode
 from bevport.runtime.graphs import check_device, compile_graph, deploy_graphs, read_graph, resolve_graphs
-from bevport.runtime.pipeline import FrameInputs, FrameResult, pipeline_class, prefetched, prepared_frames
+from bevport.runtime.pipeline import (PREFETCH, FrameInputs, FrameResult, pipeline_class, prefetched,
+                                     prepared_frames)
 from bevport.runtime.precision import HINT, compile_config
 
-PREFETCH = 2   # frames read and preprocessed ahead of the one running
 DEFAULT_CACHE = Path(os.environ.get("BEVPORT_CACHE", Path.home() / ".cache" / "bevport")) / "ov"
 
 

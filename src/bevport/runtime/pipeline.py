@@ -169,6 +169,7 @@ def prepared_frames(pipeline: Pipeline, dataset, start: int = 0, channel_order: 
 
 
 T = TypeVar("T")
+PREFETCH = 2   # frames read and preprocessed ahead of the one running
 
 
 def prefetched(items: Iterable[T], depth: int) -> Iterator[T]:
