@@ -150,3 +150,36 @@ def test_whole_model_runs_on_six_cameras(cam_model):
         tasks = cam_model(torch.randn(6, 3, 256, 704), cam2lidar, intrinsics, img_aug, lidar_aug)
     assert [t["heatmap"].shape[1] for t in tasks] == [1, 2, 2, 1, 2, 2]
     assert all(t["reg"].shape == (1, 2, 128, 128) and t["vel"].shape == (1, 2, 128, 128) for t in tasks)
+
+
+def test_host_geometry_and_pool_tables_reproduce_upstream_pooling(cam_model, sections):
+    """NumPy geometry puts every frustum point of a nuScenes-like rig in the cell upstream's float32 arithmetic does;
+    pooling through the tables (gather, batched MatMul, scatter-add) equals upstream's point-by-point sum."""
+    from bevport.geometry import lss_depth
+
+    vt = sections["model"]["camera"]["vtransform"]
+    cam2lidar, intrinsics, img_aug, lidar_aug = nuscenes_like_rig()
+    frustum = cam_model.vtransform.frustum.numpy()
+    with torch.no_grad():
+        reference = cam_model.geometry(cam2lidar, intrinsics, img_aug, lidar_aug).numpy()
+    geom = np.stack([lss_depth.geometry(frustum, cam2lidar[i].numpy(), intrinsics[i].numpy(), img_aug[i].numpy(),
+                                        lidar_aug.numpy()) for i in range(6)])
+    np.testing.assert_allclose(geom, reference, rtol=0, atol=1e-5)
+    cell, inside = lss_depth.cells(geom, vt["xbound"], vt["ybound"], vt["zbound"])
+    ref_cell, ref_inside = lss_depth.cells(reference, vt["xbound"], vt["ybound"], vt["zbound"])
+    assert np.array_equal(inside, ref_inside) and np.array_equal(cell[inside], ref_cell[ref_inside])
+    tables = lss_depth.pool_tables(cell, inside, (256, 256))
+    assert tables.points == int(inside.sum()) and 0 < tables.occupied <= tables.groups
+    assert tables.rows.shape == (6 * 88, tables.rows.shape[1]) and tables.mask.shape[2] == 32
+    assert int(tables.mask.sum()) == tables.points                      # every point in exactly one group
+    padding = tables.cells == 256 * 256
+    assert not tables.mask[padding].any()                               # padding groups carry nothing
+
+    rng = np.random.default_rng(5)
+    depth = torch.from_numpy(rng.uniform(size=(6, 118, 32, 88)).astype(np.float32)).softmax(dim=1)
+    context = torch.from_numpy(rng.normal(size=(6, 80, 32, 88)).astype(np.float32))
+    with torch.no_grad():
+        expected = cam_model.pool_reference(torch.from_numpy(reference), context, depth).numpy()
+    bev = lss_depth.pool(tables, depth.numpy(), context.numpy())
+    np.testing.assert_allclose(bev, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
