@@ -183,3 +183,36 @@ def test_host_geometry_and_pool_tables_reproduce_upstream_pooling(cam_model, sec
     bev = lss_depth.pool(tables, depth.numpy(), context.numpy())
     np.testing.assert_allclose(bev, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
+
+
+def test_pool_graph_in_openvino_equals_upstream_pooling(cam_model, sections, tmp_path):
+    """The `pool` part as written (ONNX, opset 16, standard ops), read and run by OpenVINO at f32 on the rig's
+    tables, equals upstream's point-by-point pooling; a rig wider than the static table width is refused."""
+    import onnx
+    import openvino as ov
+
+    from bevport.export.pool_onnx import padded, pool_model
+    from bevport.geometry import lss_depth
+
+    vt = sections["model"]["camera"]["vtransform"]
+    groups = sections["export"]["pool_groups"]
+    cam2lidar, intrinsics, img_aug, lidar_aug = nuscenes_like_rig()
+    with torch.no_grad():
+        geom = cam_model.geometry(cam2lidar, intrinsics, img_aug, lidar_aug)
+    cell, inside = lss_depth.cells(geom.numpy(), vt["xbound"], vt["ybound"], vt["zbound"])
+    tables = lss_depth.pool_tables(cell, inside, (256, 256))
+    names = sections["export"]["graphs"]["pool"]["inputs"]
+    path = tmp_path / "pool.onnx"
+    onnx.save(pool_model(names, "bev", 6, 118, (32, 88), 80, groups, (256, 256)), str(path))
+    rng = np.random.default_rng(9)
+    depth = torch.from_numpy(rng.normal(size=(6, 118, 32, 88)).astype(np.float32)).softmax(dim=1)
+    context = torch.from_numpy(rng.normal(size=(6, 80, 32, 88)).astype(np.float32))
+    feed = dict(zip(names, (context.numpy(), depth.numpy(), padded(tables.rows, groups, 0),
+                            padded(tables.mask, groups, 0.0), padded(tables.cells, groups, 256 * 256))))
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    bev = compiled.infer_new_request(feed)[compiled.output(0)]
+    with torch.no_grad():
+        expected = cam_model.pool_reference(geom, context, depth).numpy()
+    np.testing.assert_allclose(bev, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="more than 100"):
+        padded(tables.rows, 100, 0)

@@ -130,7 +130,7 @@ def config_overlay(cfg: Dict[str, Any]) -> Dict[str, Any]:
         raise RecipeError(f"config has no `model.{exc.args[0]}` section; is this a BEVFusion config?") from None
     if (model.get("encoders") or {}).get("lidar") or model.get("fuser"):
         raise RecipeError("config has a LiDAR encoder or a fuser; this recipe is camera-only "
-                          "(use a camera+LiDAR recipe, e.g. v2xfusion-pp-r34, for a fused model)")
+                          "(pick a camera+LiDAR recipe with --recipe for a fused model)")
     for section, expected in ((camera["backbone"], "SwinTransformer"), (camera["neck"], "GeneralizedLSSFPN"),
                               (camera["vtransform"], "LSSTransform"),
                               (model["decoder"]["backbone"], "GeneralizedResNet"), (model["decoder"]["neck"], "LSSFPN"),
