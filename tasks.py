@@ -193,6 +193,7 @@ def benchmarks(c):
         c.run(f"{PY} benchmarks/export.py")
         c.run(f"{PY} benchmarks/parity.py")
         c.run(f"{PY} benchmarks/pool.py")
+        c.run(f"{PY} benchmarks/camera_only.py")
     with c.cd(str(ROOT / "benchmarks")):
         c.run(f"{PY} quantize.py --out results/quantize.json")
         c.run(f"{PY} infer.py --out results/infer.json")
