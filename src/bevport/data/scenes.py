@@ -165,7 +165,7 @@ class ObjectClass:
     length: Tuple[float, float]
     width: Tuple[float, float]
     height: Tuple[float, float]
-    place: str                               # "lane", "walk" or "bike"
+    place: str                               # "lane", "walk", "bike" or "edge"
 
 
 CLASSES = {
@@ -219,15 +219,24 @@ def _bike_position(rng: np.random.Generator, params: SceneParams) -> Tuple[float
     return side * rng.uniform(road + 0.5, road + params.sidewalk_width - 0.5), rng.uniform(-math.pi, math.pi)
 
 
+def _edge_position(rng: np.random.Generator, params: SceneParams) -> Tuple[float, float]:
+    """Along the road's edge line (barriers, cones), facing along the road."""
+    side = _side(rng)
+    return side * (params.road_half_width - rng.uniform(0.2, 0.6)), _along_road(side) + rng.normal(0.0, 0.05)
+
+
 def sample_box(rng: np.random.Generator, name: str, params: SceneParams,
-               crosswalk_x: Optional[float]) -> np.ndarray:
-    cls = CLASSES[name]
+               crosswalk_x: Optional[float], classes: Optional[Dict[str, ObjectClass]] = None) -> np.ndarray:
+    """A box of class `name` (from `classes`, default the roadside KITTI classes) placed as the class says."""
+    cls = (classes or CLASSES)[name]
     l, w, h = (rng.uniform(*r) for r in (cls.length, cls.width, cls.height))
     x = None
     if cls.place == "lane":
         y, yaw = _lane_position(rng, params)
     elif cls.place == "walk":
         y, yaw, x = _walk_position(rng, params, crosswalk_x)
+    elif cls.place == "edge":
+        y, yaw = _edge_position(rng, params)
     else:
         y, yaw = _bike_position(rng, params)
     if x is None:
@@ -236,15 +245,21 @@ def sample_box(rng: np.random.Generator, name: str, params: SceneParams,
     return np.array([x, y, params.ground_z + h / 2, l, w, h, math.atan2(math.sin(yaw), math.cos(yaw))])
 
 
-def sample_objects(rng: np.random.Generator, params: SceneParams,
-                   crosswalk_x: Optional[float]) -> Tuple[np.ndarray, List[str]]:
-    """Non-overlapping boxes [M,7] (LiDAR frame, z at the box centre) and their KITTI class names."""
+def sample_objects(rng: np.random.Generator, params: SceneParams, crosswalk_x: Optional[float],
+                   classes: Optional[Dict[str, ObjectClass]] = None,
+                   keep_clear: Sequence[np.ndarray] = ()) -> Tuple[np.ndarray, List[str]]:
+    """Non-overlapping boxes [M,7] (z at the box centre) and their class names, drawn from `classes` by weight
+    (default the roadside KITTI classes), none overlapping a box of `keep_clear`."""
+    names_table, p = _CLASS_NAMES, _CLASS_P
+    if classes is not None:
+        names_table = tuple(classes)
+        p = np.array([c.weight for c in classes.values()]) / sum(c.weight for c in classes.values())
     boxes, names = [], []  # type: List[np.ndarray], List[str]
     for _ in range(rng.integers(params.min_objects, params.max_objects + 1)):
         for _attempt in range(40):
-            name = _CLASS_NAMES[rng.choice(len(_CLASS_NAMES), p=_CLASS_P)]
-            box = sample_box(rng, name, params, crosswalk_x)
-            if not any(bev_overlap(box, other, 0.3) for other in boxes):
+            name = names_table[rng.choice(len(names_table), p=p)]
+            box = sample_box(rng, name, params, crosswalk_x, classes)
+            if not any(bev_overlap(box, other, 0.3) for other in list(boxes) + list(keep_clear)):
                 boxes.append(box)
                 names.append(name)
                 break
@@ -420,6 +435,8 @@ PALETTES = {
                 (112, 48, 142), (150, 30, 90)),
     "Pedestrian": ((220, 60, 160), (60, 200, 220), (150, 220, 40), (240, 120, 120), (120, 90, 230)),
     "Cyclist": ((250, 140, 0), (0, 200, 170), (230, 230, 40)),
+    "Cone": ((255, 110, 20), (250, 90, 10)),
+    "Barrier": ((200, 200, 196), (214, 60, 50), (230, 226, 210)),
 }
 # (face indices, (u0, u1, v0, v1) on the face, colour): u runs along the bottom edge, v up the face
 DETAILS = {
