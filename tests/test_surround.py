@@ -81,3 +81,33 @@ def test_existing_folder_and_bad_counts_are_refused(tmp_path):
         surround.write_synthetic_surround(tmp_path / "x", 1, 0)
     with pytest.raises(DatasetError, match="frames must be a positive integer"):
         surround.write_synthetic_surround(tmp_path / "y", 0, 0)
+
+
+def test_the_nuscenes_format_reads_the_synthetic_scenes(written):
+    """Frames with six cameras whose camera -> LiDAR matrix is the info file's own (float32, not re-inverted), and
+    labels as upstream's validation counts them."""
+    from types import SimpleNamespace
+
+    from bevport.formats import nuscenes
+
+    recipe = SimpleNamespace(input=SimpleNamespace(camera_names=CAMERAS))
+    dataset = nuscenes.open_dataset(recipe, written)
+    assert len(dataset) == 2 and nuscenes.has_labels(dataset)
+    frame = dataset.frame(0)
+    assert [c.name for c in frame.cameras] == CAMERAS and frame.points_path is None
+    cam = frame.cameras[3]
+    assert cam.camera2lidar.dtype == np.float32 and cam.image().size == (1600, 900)
+    boxes, labels = nuscenes.ground_truth(frame, ["car", "pedestrian", "barrier"])
+    scene = surround.make_scene(5, 0)
+    seen = [k for k, n in enumerate(scene.names) if n in ("car", "pedestrian", "barrier")
+            and any((m == k + 1).any() for m in scene.instance_maps.values())]
+    np.testing.assert_allclose(boxes, surround.to_lidar(scene.boxes[seen]), atol=1e-9)
+    assert [scene.names[k] for k in seen] == [["car", "pedestrian", "barrier"][i] for i in labels]
+    (written / "samples" / "CAM_BACK").rename(written / "samples" / "CAM_BACK_gone")
+    try:
+        with pytest.raises(DatasetError, match="CAM_BACK image not found"):
+            dataset.frame(1)
+    finally:
+        (written / "samples" / "CAM_BACK_gone").rename(written / "samples" / "CAM_BACK")
+    with pytest.raises(DatasetError, match="no info file"):
+        nuscenes.open_dataset(recipe, written, "train")

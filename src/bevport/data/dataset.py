@@ -26,15 +26,20 @@ EXPECTED_LAYOUTS = ("KITTI: <root>/image_2, velodyne, calib (or <root>/training/
 
 @dataclass
 class CameraView:
-    """One camera of a frame: its image file, intrinsics and pose against the LiDAR (float64)."""
+    """One camera of a frame: its image file, intrinsics and pose against the LiDAR. A dataset that stores the
+    camera -> LiDAR transform itself (nuScenes infos) passes it as `stored_camera2lidar`, and that very matrix is
+    what the geometry reads (an inverse of an inverse would move points across cell borders)."""
     frame_id: str
     name: str
     image_path: Path
     intrinsics: np.ndarray       # [3,3]
     lidar2camera: np.ndarray     # [4,4]
+    stored_camera2lidar: Optional[np.ndarray] = None
 
     @property
     def camera2lidar(self) -> np.ndarray:
+        if self.stored_camera2lidar is not None:
+            return self.stored_camera2lidar
         # A general inverse: R0_rect and rounded DAIR rotations are not exactly orthonormal.
         return np.linalg.inv(self.lidar2camera)
 

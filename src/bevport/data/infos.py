@@ -116,6 +116,7 @@ class Sample:
     gt_names: Optional[List[str]] = None
     gt_velocity: Optional[np.ndarray] = None   # [N,2]
     valid: Optional[np.ndarray] = None         # [N] bool
+    num_lidar_pts: Optional[np.ndarray] = None  # [N] int: upstream's validation counts objects with > 0
 
 
 def resolve(stored: str, root: Path) -> Path:
@@ -187,8 +188,13 @@ def parse_sample(info: Any, root: Path, camera_names: Sequence[str], source: str
         sample.gt_boxes, sample.gt_names = boxes[:, :7], names
         velocity = info.get("gt_velocity")
         sample.gt_velocity = None if velocity is None else np.asarray(velocity, np.float64).reshape(-1, 2)
-        valid = info.get("valid_flag")
+        valid, points = info.get("valid_flag"), info.get("num_lidar_pts")
         sample.valid = None if valid is None else np.asarray(valid, bool).reshape(-1)
+        sample.num_lidar_pts = None if points is None else np.asarray(points, np.int64).reshape(-1)
+        for key, value in (("gt_velocity", sample.gt_velocity), ("valid_flag", sample.valid),
+                           ("num_lidar_pts", sample.num_lidar_pts)):
+            if value is not None and len(value) != len(names):
+                raise DatasetError(f"{where}: {key} has {len(value)} entries for {len(names)} boxes")
     return sample
 
 

@@ -10,7 +10,9 @@ file `nuscenes_infos_val.pkl` with mmdet3d's keys (per camera `data_path` as `./
 `cam_intrinsic`, `sensor2lidar_rotation/translation`, the sensor and ego poses; per sample `gt_boxes` [N,7] =
 (x, y, z of the box centre, w, l, h, -yaw - pi/2) in the LIDAR_TOP frame, `gt_names`, `gt_velocity`, ...). The
 LIDAR_TOP frame is nuScenes': x to the car's right, y forward, z up, 1.84 m above the ground. No point clouds are
-written (the camera-only model reads none): `num_lidar_pts` is 0 and `valid_flag` marks boxes some camera sees.
+written (the camera-only model reads none). `num_lidar_pts`, which upstream's validation requires to be > 0 for an
+object to count, holds instead the pixels the object covers over the six images: an object no camera sees does not
+count, as one no LiDAR ray hits does not in nuScenes; `valid_flag` is the same test.
 """
 from __future__ import annotations
 
@@ -188,10 +190,9 @@ def quaternion(rotation: np.ndarray) -> List[float]:
 def sample_info(scene: SurroundScene, token: str, timestamp: int, paths: Dict[str, str]) -> Dict[str, object]:
     """The scene's entry of the info file, as mmdet3d's converter writes one."""
     lidar_boxes = to_lidar(scene.boxes)
-    seen = np.zeros(len(scene.boxes), bool)
+    pixels = np.zeros(len(scene.boxes), np.int64)
     for instance_map in scene.instance_maps.values():
-        ids = np.unique(instance_map)
-        seen[ids[ids > 0] - 1] = True
+        pixels += np.bincount(instance_map.reshape(-1), minlength=len(scene.boxes) + 1)[1:]
     l2e = lidar2ego()
     return {
         "token": token, "timestamp": timestamp, "lidar_path": "", "sweeps": [], "prev_token": "",
@@ -199,8 +200,8 @@ def sample_info(scene: SurroundScene, token: str, timestamp: int, paths: Dict[st
         "lidar2ego_translation": l2e[:3, 3].tolist(), "lidar2ego_rotation": quaternion(l2e[:3, :3]),
         "ego2global_translation": [0.0, 0.0, 0.0], "ego2global_rotation": [1.0, 0.0, 0.0, 0.0],
         "gt_boxes": info_boxes(lidar_boxes), "gt_names": np.array(scene.names),
-        "gt_velocity": np.zeros((len(scene.names), 2)), "num_lidar_pts": np.zeros(len(scene.names), np.int64),
-        "num_radar_pts": np.zeros(len(scene.names), np.int64), "valid_flag": seen,
+        "gt_velocity": np.zeros((len(scene.names), 2)), "num_lidar_pts": pixels,
+        "num_radar_pts": np.zeros(len(scene.names), np.int64), "valid_flag": pixels > 0,
     }
 
 
