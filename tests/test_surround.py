@@ -111,3 +111,32 @@ def test_the_nuscenes_format_reads_the_synthetic_scenes(written):
         (written / "samples" / "CAM_BACK_gone").rename(written / "samples" / "CAM_BACK")
     with pytest.raises(DatasetError, match="no info file"):
         nuscenes.open_dataset(recipe, written, "train")
+
+
+def test_camera_preprocessing_is_mit_bevfusions_bit_for_bit(written):
+    """ImageAug3D at test time (PIL resize 0.48, bottom-aligned crop) and torchvision's ToTensor + Normalize, as
+    torch computes them, on the synthetic scenes' six images; the augmentation matrix as ImageAug3D records it."""
+    import torch
+    import yaml
+    from PIL import Image
+
+    from bevport.data import imageaug
+    from bevport.recipe import Node
+
+    from test_bevfusion_cam_model import RECIPE
+
+    recipe = Node(yaml.safe_load(RECIPE.read_text()), "", "recipe")
+    paths = sorted((written / "samples").glob("CAM_*/*__1530000000000000.jpg"))
+    images = [Image.open(p) for p in paths]
+    ours = imageaug.camera_tensor(recipe, images)
+    mean = torch.tensor(recipe.input.mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(recipe.input.std, dtype=torch.float32)[:, None, None]
+    for i, image in enumerate(images):
+        cropped = image.resize((768, 432)).crop((32, 176, 736, 432))
+        tensor = torch.from_numpy(np.array(cropped, np.uint8)).permute(2, 0, 1).contiguous().float().div(255)
+        expected = tensor.sub_(mean).div_(std).numpy()
+        assert np.array_equal(ours[i], expected)
+    expected_matrix = np.array([[0.48, 0, 0, -32], [0, 0.48, 0, -176], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
+    assert np.array_equal(imageaug.img_aug_matrix(recipe), expected_matrix)
+    with pytest.raises(DatasetError, match="expects 1600x900"):
+        imageaug.camera_tensor(recipe, [images[0].resize((800, 450))], ["small.jpg"])
