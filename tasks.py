@@ -188,7 +188,8 @@ def test(c, slow=False, docker=False, k=None):
 
 @task
 def benchmarks(c):
-    """The scripts in benchmarks/: export, parity, geometry, calibrate+quantize and inference -> benchmarks/results/*.json."""
+    """The scripts in benchmarks/: export, parity, geometry, camera-only pooling, calibrate+quantize, inference, resume,
+    accuracy and INT8 tuning -> benchmarks/results/*.json."""
     with c.cd(str(ROOT)):
         c.run(f"{PY} benchmarks/export.py")
         c.run(f"{PY} benchmarks/parity.py")

@@ -2,8 +2,9 @@
 
     python benchmarks/camera_only.py [--runs 10] [--out benchmarks/results/camera_only.json]
 
-Both poolings run in OpenVINO (CPU, f32) in one process on the same frame of a nuScenes-like six-camera rig (118
-depth bins x 32 x 88 pixels per camera, a 256 x 256 BEV grid):
+Both poolings run in OpenVINO (CPU, f32) in one process on the same frame of the synthetic surround dataset's rig
+(seed 0: nuScenes' six-camera mounting with a jitter of a few tenths of a degree; 118 depth bins x 32 x 88 pixels
+per camera, a 256 x 256 BEV grid):
 
 - tables (bevport's `pool` part): per-rig index tables computed once on the host; a gather, a batched MatMul and
   one scatter-add run per frame.
@@ -16,7 +17,7 @@ depth bins x 32 x 88 pixels per camera, a 256 x 256 BEV grid):
 The JSON records each median, the ratio, and both outputs' largest error (relative to the largest cell) against
 upstream's pooling with exact sums: every point in the cell upstream's float32 index arithmetic gives it, summed in
 float64. The prefix sums over 2 M rows lose precision in float32, and cell indices computed inside a graph can move
-points that lie on a cell border (on this rig whole rows of points sit exactly on y = 0).
+points that lie close to a cell border into the neighbouring cell.
 """
 from __future__ import annotations
 
@@ -28,26 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from export import host  # benchmarks/export.py: the host's facts
-
-RIG_YAWS = (0.0, -55.0, 55.0, 180.0, 110.0, -110.0)   # FRONT, FRONT_RIGHT, FRONT_LEFT, BACK, BACK_LEFT, BACK_RIGHT
-
-
-def rig_matrices(cameras: int = 6):
-    """camera2lidar, intrinsics, img_aug [N,4,4] and lidar_aug [4,4] float32 of cameras 1.5 m up on a car roof,
-    fx = fy = 1260 at 1600x900, resized by 0.48 and cropped at (32, 176) as the recipe's test-time augmentation."""
-    axes = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])   # camera x right, y down, z forward
-    cam2lidar = np.tile(np.eye(4, dtype=np.float32), (cameras, 1, 1))
-    for i, yaw in enumerate(np.radians(RIG_YAWS[:cameras])):
-        turn = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
-        cam2lidar[i, :3, :3] = turn @ axes
-        cam2lidar[i, :3, 3] = [np.cos(yaw), np.sin(yaw), 1.5]
-    intrinsics = np.tile(np.eye(4, dtype=np.float32), (cameras, 1, 1))
-    intrinsics[:, 0, 0] = intrinsics[:, 1, 1] = 1260.0
-    intrinsics[:, 0, 2], intrinsics[:, 1, 2] = 800.0, 450.0
-    img_aug = np.tile(np.diag([0.48, 0.48, 1.0, 1.0]).astype(np.float32), (cameras, 1, 1))
-    img_aug[:, 0, 3], img_aug[:, 1, 3] = -32.0, -176.0
-    return cam2lidar, intrinsics, img_aug, np.eye(4, dtype=np.float32)
-
 
 def sort_pool_model(cameras: int, depth_bins: int, feature_size, channels: int, grid, lower, cell):
     """The baseline graph: (geometry [N,D,fH,fW,3], depth [N,D,fH,fW], context [N,C,fH,fW]) -> bev [1,C,nx,ny]."""
@@ -128,6 +109,12 @@ def sort_pool_model(cameras: int, depth_bins: int, feature_size, channels: int, 
     return model
 
 
+def intrinsics_4x4(k: np.ndarray) -> np.ndarray:
+    m = np.eye(4, dtype=np.float32)
+    m[:3, :3] = k
+    return m
+
+
 def exact_pool(cell, inside, depth, context, grid) -> np.ndarray:
     """Upstream's pooling with exact sums: each point in the cell upstream's float32 arithmetic gives it (`cell`,
     `inside` from lss_depth.cells), depth x context summed in float64."""
@@ -155,7 +142,9 @@ def main() -> None:
     import torch
     import yaml
 
-    from bevport.export.pool_onnx import padded, pool_model
+    from bevport.data.imageaug import img_aug_matrix
+    from bevport.data.surround import dataset_cameras
+    from bevport.export.pool_onnx import pool_model
     from bevport.geometry import lss_depth
     from bevport.models.bevfusion_cam import BEVFusionCamera
     from bevport.recipe import Node
@@ -168,12 +157,14 @@ def main() -> None:
     vt = recipe["model"]["camera"]["vtransform"]
     model = BEVFusionCamera(Node(recipe["model"], "model"), recipe["input"]["image_size"]).eval()
     frustum = model.vtransform.frustum.numpy()
-    cam2lidar, intrinsics, img_aug, lidar_aug = rig_matrices()
+    cameras = dataset_cameras(0)
+    img_aug, lidar_aug = img_aug_matrix(Node(recipe, "", "recipe")), np.eye(4, dtype=np.float32)
     began = time.perf_counter()
-    geom = np.stack([lss_depth.geometry(frustum, cam2lidar[i], intrinsics[i], img_aug[i], lidar_aug)
-                     for i in range(len(cam2lidar))])
+    geom = np.stack([lss_depth.geometry(frustum, cam.camera2lidar.astype(np.float32), intrinsics_4x4(cam.K), img_aug,
+                                        lidar_aug) for cam in cameras])
     cell, inside = lss_depth.cells(geom, vt["xbound"], vt["ybound"], vt["zbound"])
-    tables = lss_depth.pool_tables(cell, inside, (256, 256))
+    tables = lss_depth.pool_tables(cell, inside, (256, 256), recipe["export"]["pool_groups"],
+                                   recipe["export"]["pool_scatter_rows"])
     tables_s = time.perf_counter() - began
 
     rng = np.random.default_rng(0)
@@ -181,17 +172,17 @@ def main() -> None:
     depth = torch.from_numpy(rng.normal(size=(n, d, fh, fw)).astype(np.float32)).softmax(dim=1)
     context = torch.from_numpy(rng.normal(size=(n, 80, fh, fw)).astype(np.float32))
     reference = exact_pool(cell, inside, depth.numpy(), context.numpy(), (256, 256))
-    groups = recipe["export"]["pool_groups"]
+    groups, rows = recipe["export"]["pool_groups"], recipe["export"]["pool_scatter_rows"]
     names = recipe["export"]["graphs"]["pool"]["inputs"]
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    ours = core.compile_model(core.read_model(pool_model(names, "bev", n, d, (fh, fw), 80, groups, (256, 256))
+    ours = core.compile_model(core.read_model(pool_model(names, "bev", n, d, (fh, fw), 80, groups, rows, (256, 256))
                                               .SerializeToString(), b""), "CPU", config)
     dx, bx, _ = lss_depth.grid_params(vt["xbound"], vt["ybound"], vt["zbound"])
     baseline_model = sort_pool_model(n, d, (fh, fw), 80, (256, 256), bx - dx / np.float32(2.0), dx)
     baseline = core.compile_model(core.read_model(baseline_model.SerializeToString(), b""), "CPU", config)
-    ours_feed = dict(zip(names, (context.numpy(), depth.numpy(), padded(tables.rows, groups, 0),
-                                 padded(tables.mask, groups, 0.0), padded(tables.cells, groups, 256 * 256))))
+    ours_feed = dict(zip(names, (context.numpy(), depth.numpy(), tables.rows, tables.mask, tables.order,
+                                 tables.cells)))
     base_feed = {"geometry": geom, "depth": depth.numpy(), "context": context.numpy()}
     ours_req, base_req = ours.create_infer_request(), baseline.create_infer_request()
     result = {}
@@ -204,7 +195,8 @@ def main() -> None:
         "benchmark": "camera-only BEV pooling in OpenVINO (CPU, f32): rig tables vs sort-based (Qualcomm style)",
         "host": host(),
         "rig": {"cameras": n, "frustum_points": int(inside.size), "points_in_grid": tables.points,
-                "occupied_cells": tables.occupied, "groups": tables.groups, "table_width": int(tables.rows.shape[1]),
+                "occupied_cells": tables.occupied, "groups": tables.groups, "groups_per_column_needed": tables.width_needed,
+                "table_width": int(tables.rows.shape[1]), "scatter_rows": int(tables.order.size),
                 "tables_build_s": round(tables_s, 2)},
         "pooling": result,
         "speedup": round(result["sort_based"]["median_ms"] / result["tables"]["median_ms"], 1),

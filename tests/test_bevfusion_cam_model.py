@@ -13,6 +13,7 @@ from torch import nn
 
 from bevport.models.bevfusion_cam import BEVFusionCamera
 from bevport.models.swin import PatchMerging, relative_position_index, shift_mask
+from bevport.errors import DatasetError
 from bevport.recipe import Node
 
 from conftest import data_file
@@ -170,49 +171,53 @@ def test_host_geometry_and_pool_tables_reproduce_upstream_pooling(cam_model, sec
     assert np.array_equal(inside, ref_inside) and np.array_equal(cell[inside], ref_cell[ref_inside])
     tables = lss_depth.pool_tables(cell, inside, (256, 256))
     assert tables.points == int(inside.sum()) and 0 < tables.occupied <= tables.groups
-    assert tables.rows.shape == (6 * 88, tables.rows.shape[1]) and tables.mask.shape[2] == 32
+    assert tables.rows.shape == (6 * 88, tables.width_needed) and tables.mask.shape[2] == 32
     assert int(tables.mask.sum()) == tables.points                      # every point in exactly one group
-    padding = tables.cells == 256 * 256
-    assert not tables.mask[padding].any()                               # padding groups carry nothing
+    assert len(set(tables.order.tolist())) == tables.groups == len(tables.order)   # each group read once
+    assert (tables.cells < 256 * 256).all()
+    wide = lss_depth.pool_tables(cell, inside, (256, 256), tables.width_needed + 7, tables.groups + 11)
+    assert (wide.cells[tables.groups:] == 256 * 256).all()              # padding only into the spare row
+    with pytest.raises(DatasetError, match="export.pool_groups = 100"):
+        lss_depth.pool_tables(cell, inside, (256, 256), 100)
+    with pytest.raises(DatasetError, match="export.pool_scatter_rows = 1000"):
+        lss_depth.pool_tables(cell, inside, (256, 256), None, 1000)
 
     rng = np.random.default_rng(5)
     depth = torch.from_numpy(rng.uniform(size=(6, 118, 32, 88)).astype(np.float32)).softmax(dim=1)
     context = torch.from_numpy(rng.normal(size=(6, 80, 32, 88)).astype(np.float32))
     with torch.no_grad():
         expected = cam_model.pool_reference(torch.from_numpy(reference), context, depth).numpy()
-    bev = lss_depth.pool(tables, depth.numpy(), context.numpy())
-    np.testing.assert_allclose(bev, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    for t in (tables, wide):
+        np.testing.assert_allclose(lss_depth.pool(t, depth.numpy(), context.numpy()), expected, rtol=0,
+                                   atol=1e-5 * np.abs(expected).max())
 
 
 
 def test_pool_graph_in_openvino_equals_upstream_pooling(cam_model, sections, tmp_path):
     """The `pool` part as written (ONNX, opset 16, standard ops), read and run by OpenVINO at f32 on the rig's
-    tables, equals upstream's point-by-point pooling; a rig wider than the static table width is refused."""
+    tables at the recipe's static sizes, equals upstream's point-by-point pooling."""
     import onnx
     import openvino as ov
 
-    from bevport.export.pool_onnx import padded, pool_model
+    from bevport.export.pool_onnx import pool_model
     from bevport.geometry import lss_depth
 
     vt = sections["model"]["camera"]["vtransform"]
-    groups = sections["export"]["pool_groups"]
+    groups, rows = sections["export"]["pool_groups"], sections["export"]["pool_scatter_rows"]
     cam2lidar, intrinsics, img_aug, lidar_aug = nuscenes_like_rig()
     with torch.no_grad():
         geom = cam_model.geometry(cam2lidar, intrinsics, img_aug, lidar_aug)
     cell, inside = lss_depth.cells(geom.numpy(), vt["xbound"], vt["ybound"], vt["zbound"])
-    tables = lss_depth.pool_tables(cell, inside, (256, 256))
+    tables = lss_depth.pool_tables(cell, inside, (256, 256), groups, rows)
     names = sections["export"]["graphs"]["pool"]["inputs"]
     path = tmp_path / "pool.onnx"
-    onnx.save(pool_model(names, "bev", 6, 118, (32, 88), 80, groups, (256, 256)), str(path))
+    onnx.save(pool_model(names, "bev", 6, 118, (32, 88), 80, groups, rows, (256, 256)), str(path))
     rng = np.random.default_rng(9)
     depth = torch.from_numpy(rng.normal(size=(6, 118, 32, 88)).astype(np.float32)).softmax(dim=1)
     context = torch.from_numpy(rng.normal(size=(6, 80, 32, 88)).astype(np.float32))
-    feed = dict(zip(names, (context.numpy(), depth.numpy(), padded(tables.rows, groups, 0),
-                            padded(tables.mask, groups, 0.0), padded(tables.cells, groups, 256 * 256))))
+    feed = dict(zip(names, (context.numpy(), depth.numpy(), tables.rows, tables.mask, tables.order, tables.cells)))
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     bev = compiled.infer_new_request(feed)[compiled.output(0)]
     with torch.no_grad():
         expected = cam_model.pool_reference(geom, context, depth).numpy()
     np.testing.assert_allclose(bev, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-    with pytest.raises(ValueError, match="more than 100"):
-        padded(tables.rows, 100, 0)

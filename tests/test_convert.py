@@ -462,10 +462,11 @@ def test_benchmarks_task_runs_the_scripts_in_benchmarks():
     c = _recording_context()
     tasks.benchmarks(c)
     scripts = [cmd.split()[1] for _, cmd in c.ran]
-    assert scripts == ["benchmarks/export.py", "benchmarks/parity.py", "benchmarks/pool.py", "quantize.py", "infer.py",
-                       "resume.py", "accuracy.py", "int8_tuning.py"]
+    assert scripts == ["benchmarks/export.py", "benchmarks/parity.py", "benchmarks/pool.py",
+                       "benchmarks/camera_only.py", "quantize.py", "infer.py", "resume.py", "accuracy.py",
+                       "int8_tuning.py"]
     assert all((ROOT / "benchmarks" / Path(s).name).is_file() for s in scripts)
-    assert c.ran[3][0] == str(ROOT / "benchmarks")
+    assert c.ran[4][0] == str(ROOT / "benchmarks")
 
 
 def test_convert_task_builds_a_request_with_the_recipe_defaults(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import pickle
 import types
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -128,12 +128,32 @@ def _first(names: List[str], n: int = 5) -> str:
     return shown + (f" ... ({len(names)} in all)" if len(names) > n else "")
 
 
+def model_kind(keys) -> Tuple[bool, Optional[str]]:
+    """(has a LiDAR branch, camera backbone "Swin-T" / "ResNet" / None) of a state_dict, by the modules it names."""
+    keys = list(keys)
+    lidar = any(k.startswith(("encoders.lidar.", "fuser.")) for k in keys)
+    if any(k.startswith("encoders.camera.backbone.stages.") for k in keys):
+        return lidar, "Swin-T"
+    return lidar, "ResNet" if any(k.startswith("encoders.camera.backbone.layer1.") for k in keys) else None
+
+
+def describe_kind(kind: Tuple[bool, Optional[str]]) -> str:
+    lidar, camera = kind
+    if lidar:
+        return f"a camera+LiDAR BEVFusion / V2XFusion checkpoint ({camera} camera backbone, LiDAR encoder, fuser)"
+    return f"a camera-only BEVFusion checkpoint ({camera} camera backbone, no LiDAR encoder)"
+
+
 def check_state_dict(model: nn.Module, state: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
     """`state` completed and converted for a strict load into `model`, or a CheckpointError naming what differs."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
+        found, wanted = model_kind(state), model_kind(expected)
+        if found[1] is not None and found != wanted:
+            raise CheckpointError(f"{source}: this is {describe_kind(found)}; the recipe's model is "
+                                  f"{describe_kind(wanted)}", "pick the recipe of that model with --recipe")
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys (first: {_first(missing)})")

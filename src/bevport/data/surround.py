@@ -150,11 +150,16 @@ class SurroundScene:
     names: List[str]
 
 
+def dataset_cameras(seed: int) -> List[Camera]:
+    """The camera rig of the synthetic surround dataset `seed` (the same for all its frames)."""
+    return make_cameras(np.random.default_rng([seed, 2]))
+
+
 def make_scene(seed: int, index: int = 0, params: Optional[SurroundParams] = None) -> SurroundScene:
     """Frame `index` of the synthetic surround dataset `seed`: the rig depends on the seed only."""
     params = params or SurroundParams()
-    rig_rng, rng = np.random.default_rng([seed, 2]), np.random.default_rng([seed, 3, index])
-    cameras = make_cameras(rig_rng)
+    rng = np.random.default_rng([seed, 3, index])
+    cameras = dataset_cameras(seed)
     road = params.road()
     crosswalk_x = float(rng.uniform(-30.0, 30.0)) if rng.random() < 0.4 else None
     boxes, names = scenes.sample_objects(rng, road, crosswalk_x, CLASSES, keep_clear=[EGO_BOX])

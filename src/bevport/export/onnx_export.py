@@ -101,11 +101,16 @@ def export_graphs(arch, model, recipe: Recipe, contract: Contract, folder: Path,
         spec = contract[key]
         path = folder / spec.file
         progress(f"exporting {spec.file}")
-        example = arch.sample_inputs(recipe, spec, seed=1)
-        with torch.no_grad():
-            _onnx_export(module.eval(), tuple(torch.from_numpy(example[t.name]) for t in spec.inputs), spec, path,
-                         recipe.export.opset)
-        _simplify(path, spec)
+        if hasattr(module, "SerializeToString"):      # an ONNX model written directly: nothing to trace
+            import onnx
+
+            onnx.save(module, str(path))
+        else:
+            example = arch.sample_inputs(recipe, spec, seed=1)
+            with torch.no_grad():
+                _onnx_export(module.eval(), tuple(torch.from_numpy(example[t.name]) for t in spec.inputs), spec,
+                             path, recipe.export.opset)
+            _simplify(path, spec)
         verify_contract(path, spec)
         progress(f"checking {spec.file} against PyTorch (float32 and float64) in OpenVINO")
         parity[key] = check_parity(arch, path, model, model64, spec, recipe)
@@ -151,10 +156,23 @@ def export(recipe: Recipe, ckpt: os.PathLike, out: os.PathLike, sparsity: bool =
             "sparsity": sparsity,
             "contract": contract_summary(contract),
             "files": {spec.file: sha256_file(tmp / spec.file) for spec in contract},
+            "artifacts": write_artifacts(arch, model, tmp),
             "environment": _environment(),
         }
         (tmp / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def write_artifacts(arch, model, folder: Path) -> Dict[str, str]:
+    """The arrays an architecture's runtime needs beside its graphs (`export_artifacts`, e.g. the camera-only
+    recipe's frustum), as `<name>.npy` in `folder`; {file: sha256}."""
+    out = {}
+    for name, array in (getattr(arch, "export_artifacts", lambda m: {})(model)).items():
+        path = folder / f"{name}.npy"
+        with open(path, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        out[path.name] = sha256_file(path)
+    return out
 
 
 def contract_summary(contract: Contract) -> Dict[str, Dict]:

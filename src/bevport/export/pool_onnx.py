@@ -2,8 +2,8 @@
 
     depth [N,D,fH,fW] -> rows of depth over image rows [N*D*fW, fH] -> Gather(pool_rows) [N*fW, G, fH] * pool_mask
     context [N,C,fH,fW] -> columns [N*fW, fH, C]
-    MatMul -> group sums [N*fW, G, C] -> ScatterElements(add) by pool_cells into [nx*ny + 1, C] -> drop the spare row
-    -> bev [1, C, nx, ny]
+    MatMul -> group sums [N*fW, G, C] -> Gather(pool_order) the real groups [R, C] -> ScatterElements(add) by
+    pool_cells into [nx*ny + 1, C] -> drop the spare row -> bev [1, C, nx, ny]
 
 Opset 16 for ScatterElements' `reduction="add"` (duplicate indices accumulate), which neither a traced
 `index_add_` at the export image's opset 13 nor a `scatter_add` exported by torch 1.11 can express. Standard ops
@@ -14,19 +14,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
-
 OPSET = 16
 
 
 def pool_model(names_in: Sequence[str], name_out: str, cameras: int, depth_bins: int, feature_size: Sequence[int],
-               channels: int, groups: int, grid: Sequence[int]):
-    """The pool graph for N = `cameras`, D, (fH, fW), C = `channels`, G = `groups` and BEV (nx, ny)."""
+               channels: int, groups: int, scatter_rows: int, grid: Sequence[int]):
+    """The pool graph for N = `cameras`, D, (fH, fW), C = `channels`, G = `groups` per column, R = `scatter_rows`
+    group sums scattered, and BEV (nx, ny)."""
     import onnx
     from onnx import TensorProto, helper
 
-    context, depth, rows, mask, cells = names_in
-    n, d, c, g = cameras, depth_bins, channels, groups
+    context, depth, rows, mask, order, cells = names_in
+    n, d, c, g, r = cameras, depth_bins, channels, groups, scatter_rows
     fh, fw = feature_size
     nx, ny = grid
 
@@ -38,7 +37,7 @@ def pool_model(names_in: Sequence[str], name_out: str, cameras: int, depth_bins:
         const("shape_depth_rows", [n * d * fw, fh]),
         const("shape_columns", [n * fw, fh, c]),
         const("shape_sums", [n * fw * g, c]),
-        const("shape_cells", [n * fw * g, 1]),
+        const("shape_cells", [r, 1]),
         const("shape_bev", [nx, ny, c]),
         const("zero", [0]), const("grid_cells", [nx * ny]), const("axis0", [0]),
         # depth [N,D,fH,fW] -> [N,D,fW,fH] -> one row per (camera, bin, column) over the image rows
@@ -50,13 +49,13 @@ def pool_model(names_in: Sequence[str], name_out: str, cameras: int, depth_bins:
         helper.make_node("Transpose", [context], ["context_t"], perm=[0, 3, 2, 1]),
         helper.make_node("Reshape", ["context_t", "shape_columns"], ["columns"]),
         helper.make_node("MatMul", ["weights", "columns"], ["group_sums"]),               # [N*fW, G, C]
-        helper.make_node("Reshape", ["group_sums", "shape_sums"], ["sums"]),
+        helper.make_node("Reshape", ["group_sums", "shape_sums"], ["all_sums"]),
+        helper.make_node("Gather", ["all_sums", order], ["sums"], axis=0),                 # the real groups first
         # element index cell * C + channel of every group sum, by broadcasting arithmetic (an Expand of the cell
         # column runs a reference kernel), then one flat ScatterElements(add): ScatterND's reduction needs a newer
         # OpenVINO than the export image's 2024.4
-        helper.make_node("Reshape", [cells, "shape_cells"], ["cells_col"]),
-        helper.make_node("Cast", ["cells_col"], ["cells_i64"], to=TensorProto.INT64),
-        helper.make_node("Mul", ["cells_i64", "channels"], ["cell_offsets"]),
+        helper.make_node("Reshape", [cells, "shape_cells"], ["cells_col"]),                # int32 throughout:
+        helper.make_node("Mul", ["cells_col", "channels"], ["cell_offsets"]),              # half the index traffic
         helper.make_node("Add", ["cell_offsets", "channel_range"], ["element_index"]),          # [R, C]
         helper.make_node("Reshape", ["element_index", "flat"], ["scatter_index"]),
         helper.make_node("Reshape", ["sums", "flat"], ["flat_sums"]),
@@ -71,15 +70,18 @@ def pool_model(names_in: Sequence[str], name_out: str, cameras: int, depth_bins:
         helper.make_node("Unsqueeze", ["bev_cxy", "axis0"], [name_out]),
     ]
     nodes[:0] = [const("shape_canvas", [nx * ny + 1, c]), const("canvas_size", [(nx * ny + 1) * c]),
-                 const("flat", [-1]), const("channels", [c]),
+                 const("flat", [-1]),
+                 helper.make_node("Constant", [], ["channels"], value=helper.make_tensor(
+                     "channels", TensorProto.INT32, [1], [c])),
                  helper.make_node("Constant", [], ["channel_range"], value=helper.make_tensor(
-                     "channel_range", TensorProto.INT64, [1, c], list(range(c))))]
+                     "channel_range", TensorProto.INT32, [1, c], list(range(c))))]
     inputs = [
         helper.make_tensor_value_info(context, TensorProto.FLOAT, [n, c, fh, fw]),
         helper.make_tensor_value_info(depth, TensorProto.FLOAT, [n, d, fh, fw]),
         helper.make_tensor_value_info(rows, TensorProto.INT32, [n * fw, g]),
         helper.make_tensor_value_info(mask, TensorProto.FLOAT, [n * fw, g, fh]),
-        helper.make_tensor_value_info(cells, TensorProto.INT32, [n * fw, g]),
+        helper.make_tensor_value_info(order, TensorProto.INT32, [r]),
+        helper.make_tensor_value_info(cells, TensorProto.INT32, [r]),
     ]
     output = helper.make_tensor_value_info(name_out, TensorProto.FLOAT, [1, c, nx, ny])
     model = helper.make_model(helper.make_graph(nodes, "pool", inputs, [output]),
@@ -87,11 +89,3 @@ def pool_model(names_in: Sequence[str], name_out: str, cameras: int, depth_bins:
     onnx.checker.check_model(model, full_check=True)
     return model
 
-
-def padded(array: np.ndarray, groups: int, fill) -> np.ndarray:
-    """A pool table widened to `groups` columns (axis 1) with `fill` (tables are built as wide as the rig needs)."""
-    if array.shape[1] > groups:
-        raise ValueError(f"the rig needs {array.shape[1]} groups per column, more than {groups}")
-    pad = [(0, 0)] * array.ndim
-    pad[1] = (0, groups - array.shape[1])
-    return np.pad(array, pad, constant_values=fill)

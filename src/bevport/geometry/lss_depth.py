@@ -8,9 +8,9 @@ toward zero, points outside x, y or z dropped. Inside a graph an optimiser may r
 points across cell borders; on the host the division is the division.
 
 `PoolTables` groups the points by (camera, feature column w, depth bin d, cell): the rows h of a group form a 0/1
-mask. Pooling is then a gather of depth rows, a batched MatMul with the context column, and one scatter-add of the
-group sums into the cells: fixed shapes, no sort at run time, every occupied cell kept, and padding groups land in a
-spare row past the grid (never in a real cell).
+mask. Pooling is then a gather of depth rows, a batched MatMul with the context column, a gather of the real
+groups' sums and one scatter-add of them into the cells: fixed shapes, no sort at run time, every occupied cell
+kept, and padding lands in a spare row past the grid (never in a real cell).
 
 The frustum itself is the checkpoint's `frustum` tensor, not recomputed: upstream computes it with torch.linspace,
 whose float32 values depend on the CPU's vector width (AVX2 and AVX-512 round a few entries differently), and
@@ -19,10 +19,11 @@ loading the checkpoint replaces it with the training machine's values. Export sh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from bevport.errors import DatasetError
 from bevport.geometry.lss import grid_params
 
 F32 = np.float32
@@ -60,25 +61,28 @@ def cells(geom: np.ndarray, xbound, ybound, zbound) -> Tuple[np.ndarray, np.ndar
 
 @dataclass
 class PoolTables:
-    """The rig's pooling structure, in the layout the pool graph takes.
+    """The rig's pooling structure, in the layout the pool graph takes, at its static sizes.
 
     Column q = n * fW + w holds up to G groups; group g of column q covers depth row `rows[q, g]` (index into the
-    depth map laid out [N * D * fW, fH]), the feature rows h with mask[q, g, h] = 1, and adds into BEV cell
-    `cells[q, g]` (nx * ny for padding groups: a spare row past the grid)."""
+    depth map laid out [N * D * fW, fH]) and the feature rows h with mask[q, g, h] = 1. The group sums, flat
+    [N*fW*G, C], are read in `order` (the real groups first, R in all) and added into BEV cell `cells[r]`; padding
+    entries add into a spare row past the grid (nx * ny), never into a real cell."""
     rows: np.ndarray       # [N*fW, G] int32
     mask: np.ndarray       # [N*fW, G, fH] float32, 0/1
-    cells: np.ndarray      # [N*fW, G] int32
+    order: np.ndarray      # [R] int32: flat group slot q * G + g
+    cells: np.ndarray      # [R] int32: flat BEV cell x * ny + y, or nx * ny
     grid: Tuple[int, int]  # (nx, ny)
     points: int            # frustum points inside the grid
     occupied: int          # BEV cells with at least one point
-
-    @property
-    def groups(self) -> int:
-        return int(np.count_nonzero(self.cells < self.grid[0] * self.grid[1]))
+    groups: int            # real groups (entries of `order` before the padding)
+    width_needed: int      # the most groups any column has
 
 
-def pool_tables(cell: np.ndarray, inside: np.ndarray, grid: Sequence[int]) -> PoolTables:
-    """Tables for points of shape [N, D, fH, fW] (their flat `cell` and `inside` mask)."""
+def pool_tables(cell: np.ndarray, inside: np.ndarray, grid: Sequence[int], width: Optional[int] = None,
+                scatter_rows: Optional[int] = None) -> PoolTables:
+    """Tables for points of shape [N, D, fH, fW] (their flat `cell` and `inside` mask), `width` groups per column
+    and `scatter_rows` group sums (default: as many as this rig needs; a rig that needs more than given is a
+    DatasetError naming the setting)."""
     n_cams, depth_bins, fh, fw = inside.shape
     n, d, h, w = np.nonzero(inside)
     column = n * fw + w
@@ -87,18 +91,31 @@ def pool_tables(cell: np.ndarray, inside: np.ndarray, grid: Sequence[int]) -> Po
     group_column = unique // (depth_bins * grid[0] * grid[1])
     starts = np.searchsorted(group_column, np.arange(n_cams * fw))
     slot = np.arange(unique.size) - starts[group_column]              # group's place within its column
-    width = int(slot.max()) + 1 if unique.size else 1
+    needed = int(slot.max()) + 1 if unique.size else 1
+    width = needed if width is None else int(width)
+    scatter_rows = unique.size if scatter_rows is None else int(scatter_rows)
+    if needed > width:
+        raise DatasetError(f"the camera rig puts up to {needed} groups of frustum points in one image column; the "
+                           f"pool part takes export.pool_groups = {width}",
+                           "export with a larger export.pool_groups in the recipe")
+    if unique.size > scatter_rows:
+        raise DatasetError(f"the camera rig has {unique.size} groups of frustum points; the pool part takes "
+                           f"export.pool_scatter_rows = {scatter_rows}",
+                           "export with a larger export.pool_scatter_rows in the recipe")
     spare = grid[0] * grid[1]
     rows = np.zeros((n_cams * fw, width), np.int32)
-    cells_out = np.full((n_cams * fw, width), spare, np.int32)
     mask = np.zeros((n_cams * fw, width, fh), F32)
     group_depth = (unique // (grid[0] * grid[1])) % depth_bins
     cam, col_w = group_column // fw, group_column % fw
     rows[group_column, slot] = (cam * depth_bins + group_depth) * fw + col_w
-    cells_out[group_column, slot] = unique % spare
     mask[group_column[group_of_point], slot[group_of_point], h] = 1.0
+    order = np.zeros(scatter_rows, np.int32)
+    cells_out = np.full(scatter_rows, spare, np.int32)
+    order[:unique.size] = group_column * width + slot
+    cells_out[:unique.size] = unique % spare
     occupied = int(np.unique(cell[inside]).size)
-    return PoolTables(rows, mask, cells_out, (int(grid[0]), int(grid[1])), int(n.size), occupied)
+    return PoolTables(rows, mask, order, cells_out, (int(grid[0]), int(grid[1])), int(n.size), occupied,
+                      int(unique.size), needed)
 
 
 def pool(tables: PoolTables, depth: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -108,8 +125,8 @@ def pool(tables: PoolTables, depth: np.ndarray, context: np.ndarray) -> np.ndarr
     depth_rows = depth.transpose(0, 1, 3, 2).reshape(n_cams * d * fw, fh)
     weights = depth_rows[tables.rows] * tables.mask                               # [N*fW, G, fH]
     columns = context.transpose(0, 3, 2, 1).reshape(n_cams * fw, fh, c)             # [N*fW, fH, C]
-    sums = np.matmul(weights, columns).reshape(-1, c)
+    sums = np.matmul(weights, columns).reshape(-1, c)[tables.order]
     nx, ny = tables.grid
     bev = np.zeros((nx * ny + 1, c), F32)
-    np.add.at(bev, tables.cells.reshape(-1), sums)
+    np.add.at(bev, tables.cells, sums)
     return bev[:-1].reshape(nx, ny, c).transpose(2, 0, 1)[None].astype(F32)

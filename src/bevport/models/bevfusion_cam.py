@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from bevport.models.head import CenterHead
+from bevport.contract import Contract, GraphSpec
+from bevport.models.head import CenterHead, head_tensors
 from bevport.models.necks import LSSFPN, GeneralizedLSSFPN
 from bevport.models.resnet import GeneralizedResNet
 from bevport.models.swin import SwinTransformer
 from bevport.models.synthetic import smooth_noise
 from bevport.models.vtransform import LSSTransform
+from bevport.pipelines.bevfusion_cam import DECODER, DOWNSAMPLE, ENCODER, LIFT, POOL
 
 
 class BEVFusionCamera(nn.Module):
@@ -102,6 +104,20 @@ class BEVFusionCamera(nn.Module):
         bev = bev.view(int(nx[2]), int(nx[0]), int(nx[1]), c).permute(0, 3, 1, 2)
         return bev.reshape(1, -1, int(nx[0]), int(nx[1]))      # z slices concatenated on channels, as upstream
 
+    def pool_tables(self, context: torch.Tensor, depth: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor,
+                    order: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """The `pool` part's computation over a rig's tables (`bevport.geometry.lss_depth.pool_tables`): gather
+        depth rows, batched MatMul with the context columns, the real groups' sums added into their cells
+        (padding into a spare row)."""
+        n, d, fh, fw = depth.shape
+        c = context.shape[1]
+        nx, ny = (int(v) for v in self.vtransform.nx[:2])
+        weights = depth.permute(0, 1, 3, 2).reshape(n * d * fw, fh)[rows.long()] * mask
+        columns = context.permute(0, 3, 2, 1).reshape(n * fw, fh, c)
+        sums = torch.matmul(weights, columns).reshape(-1, c)[order.long()]
+        bev = sums.new_zeros(nx * ny + 1, c).index_add_(0, cells.long(), sums)
+        return bev[:-1].reshape(nx, ny, c).permute(2, 0, 1).unsqueeze(0)
+
     def forward(self, img: torch.Tensor, camera2lidar: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
                 lidar_aug: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
         """The whole model on one sample of N camera images: raw head outputs per task."""
@@ -125,3 +141,134 @@ def synthetic_forward(model: BEVFusionCamera, recipe, rng: np.random.Generator) 
     nx, ny = recipe.bev_shape
     bev = smooth_noise(rng, (1, recipe.model.camera.vtransform.out_channels, nx, ny), 4).abs()
     model.head(model.decode(model.downsample(bev)))
+
+
+# --------------------------------------------------------------------------------------------- exported parts
+
+class ImageEncoderGraph(nn.Module):
+    """img [N,3,H,W] -> camera_feature [N,C,fH,fW]: Swin-T + GeneralizedLSSFPN (Qualcomm's Encoder1)."""
+
+    def __init__(self, model: BEVFusionCamera):
+        super().__init__()
+        self.model = model
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.model.image_features(img)
+
+
+class LiftGraph(nn.Module):
+    """camera_feature -> (context, depth distribution): the depthnet and the softmax over depth bins."""
+
+    def __init__(self, model: BEVFusionCamera):
+        super().__init__()
+        self.vtransform = model.vtransform
+
+    def forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.vtransform.get_cam_feats(features)
+
+
+class DownsampleGraph(nn.Module):
+    def __init__(self, model: BEVFusionCamera):
+        super().__init__()
+        self.downsample_stack = model.vtransform.downsample
+
+    def forward(self, bev: torch.Tensor) -> torch.Tensor:
+        return self.downsample_stack(bev)
+
+
+class DecoderGraph(nn.Module):
+    """bev_down -> the CenterHead maps of every task, packed along channels as the contract lays them out."""
+
+    def __init__(self, model: BEVFusionCamera, spec: GraphSpec):
+        super().__init__()
+        self.model = model
+        self.slices = [t.slices for t in spec.outputs]
+
+    def forward(self, bev: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return head_tensors(self.model.head(self.model.decode(bev)), self.slices)
+
+
+def export_modules(model: BEVFusionCamera, recipe, contract: Contract) -> Dict[str, object]:
+    """What each part is exported from, by contract key in export order: a module to trace, or (the pool, which
+    has no weights) its ONNX model."""
+    from bevport.export.pool_onnx import pool_model
+
+    spec = contract[POOL]
+    vt = model.vtransform
+    n, d, fh, fw = spec.inputs[1].shape
+    pool = pool_model([t.name for t in spec.inputs], spec.outputs[0].name, n, d, (fh, fw), vt.C,
+                      recipe.export.pool_groups, recipe.export.pool_scatter_rows, [int(v) for v in vt.nx[:2]])
+    return {ENCODER: ImageEncoderGraph(model), LIFT: LiftGraph(model), POOL: pool,
+            DOWNSAMPLE: DownsampleGraph(model), DECODER: DecoderGraph(model, contract[DECODER])}
+
+
+def export_artifacts(model: BEVFusionCamera) -> Dict[str, np.ndarray]:
+    """Arrays the runtime needs beside the graphs: the checkpoint's frustum, from which the host computes the pool
+    tables of a camera rig (torch.linspace's float32 values depend on the CPU, so it is not recomputed)."""
+    return {"frustum": model.vtransform.frustum.detach().cpu().numpy().astype(np.float32)}
+
+
+# ------------------------------------------------------------------------------------ parity inputs and references
+
+def sample_rig_tables(recipe, frustum: np.ndarray, seed: int = 0):
+    """(rows, mask, order, cells) of the synthetic surround rig of dataset `seed`, at the recipe's static sizes."""
+    from bevport.data.imageaug import img_aug_matrix
+    from bevport.data.surround import dataset_cameras
+    from bevport.geometry import lss_depth
+
+    vt = recipe.model.camera.vtransform
+    cameras = dataset_cameras(seed)
+    ida = img_aug_matrix(recipe)
+    k4 = [np.eye(4, dtype=np.float32) for _ in cameras]
+    for k, cam in zip(k4, cameras):
+        k[:3, :3] = cam.K
+    geom = np.stack([lss_depth.geometry(frustum, cam.camera2lidar.astype(np.float32), k, ida,
+                                        np.eye(4, dtype=np.float32)) for cam, k in zip(cameras, k4)])
+    cells, inside = lss_depth.cells(geom, vt.xbound, vt.ybound, vt.zbound)
+    t = lss_depth.pool_tables(cells, inside, recipe.bev_shape, recipe.export.pool_groups,
+                              recipe.export.pool_scatter_rows)
+    return t.rows, t.mask, t.order, t.cells
+
+
+def sample_inputs(recipe, spec: GraphSpec, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Seeded inputs with the statistics each part sees in use, by input name."""
+    from bevport.models.vtransform import create_frustum
+
+    rng = np.random.default_rng(seed)
+    shapes = [t.shape for t in spec.inputs]
+    if spec.key == ENCODER:
+        n, _, h, w = shapes[0]
+        x = smooth_noise(rng, (n, 3, h, w), 16).numpy() + 0.3 * rng.normal(size=(n, 3, h, w))
+        return {spec.inputs[0].name: x.astype(np.float32)}
+    if spec.key == POOL:
+        vt = recipe.model.camera.vtransform
+        frustum = create_frustum(recipe.input.image_size, vt.feature_size, vt.dbound).numpy()
+        context = rng.normal(size=shapes[0]).astype(np.float32)
+        logits = rng.normal(size=shapes[1]) * 2.0
+        depth = np.exp(logits - logits.max(axis=1, keepdims=True))
+        depth = (depth / depth.sum(axis=1, keepdims=True)).astype(np.float32)
+        tables = sample_rig_tables(recipe, frustum, seed)
+        return dict(zip([t.name for t in spec.inputs], (context, depth) + tables))
+    # lift, downsample, decoder: inputs that follow a ReLU (neck output, pooled BEV, downsampled BEV)
+    return {t.name: np.maximum(smooth_noise(rng, t.shape, 4).numpy(), 0).astype(np.float32) for t in spec.inputs}
+
+
+@torch.no_grad()
+def reference_outputs(model: BEVFusionCamera, recipe, spec: GraphSpec,
+                      inputs: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    """What the native modules compute for a part's inputs, in the contract's output order. Float inputs take the
+    model's dtype (a float64 copy of the model gives the float64 reference)."""
+    dtype = next(model.parameters()).dtype
+    x = [torch.from_numpy(inputs[t.name]) for t in spec.inputs]
+    x = [t.to(dtype) if t.is_floating_point() else t for t in x]
+    if spec.key == ENCODER:
+        return [model.image_features(x[0]).numpy()]
+    if spec.key == LIFT:
+        return [t.numpy() for t in model.lift(x[0])]
+    if spec.key == POOL:
+        return [model.pool_tables(*x).numpy()]
+    if spec.key == DOWNSAMPLE:
+        return [model.downsample(x[0]).numpy()]
+    if spec.key == DECODER:
+        return [t.numpy() for t in head_tensors(model.head(model.decode(x[0])), [t.slices for t in spec.outputs])]
+    raise KeyError(spec.key)

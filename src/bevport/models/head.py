@@ -52,3 +52,9 @@ class CenterHead(nn.Module):
         """Raw outputs per task: heatmap logits, log sizes in `dim` (no sigmoid, no exp)."""
         x = self.shared_conv(x)
         return [task(x) for task in self.task_heads]
+
+
+def head_tensors(tasks: List[Dict[str, torch.Tensor]], slices) -> Tuple[torch.Tensor, ...]:
+    """Each contract output (its HeadSlices): its tasks' attributes, concatenated along channels in slice order."""
+    return tuple(torch.cat([tasks[s.task][s.attr] for s in parts], dim=1) if len(parts) > 1
+                 else tasks[parts[0].task][parts[0].attr] for parts in slices)

@@ -86,7 +86,8 @@ class ShiftWindowMSA(nn.Module):
         win = self.window
         x = x.view(b, h, w, c)
         pad_r, pad_b = (win - w % win) % win, (win - h % win) % win
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        if pad_r or pad_b:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
         hp, wp = h + pad_b, w + pad_r
         mask = None
         if self.shift:
@@ -137,7 +138,8 @@ class PatchMerging(nn.Module):
         b, _, c = x.shape
         h, w = hw
         x = x.view(b, h, w, c).permute(0, 3, 1, 2)
-        x = F.pad(x, (0, w % 2, 0, h % 2))
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, w % 2, 0, h % 2))
         corners = [x[:, :, i::2, j::2] for i in (0, 1) for j in (0, 1)]       # Unfold's offset order
         out_hw = (corners[0].shape[2], corners[0].shape[3])
         x = torch.stack(corners, dim=2).reshape(b, 4 * c, out_hw[0] * out_hw[1]).transpose(1, 2)
@@ -172,7 +174,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Shape]:
         h, w = x.shape[2:]
-        x = F.pad(x, (0, -w % self.patch, 0, -h % self.patch))
+        if h % self.patch or w % self.patch:
+            x = F.pad(x, (0, -w % self.patch, 0, -h % self.patch))
         x = self.projection(x)
         hw = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw

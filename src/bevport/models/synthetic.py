@@ -39,6 +39,13 @@ def _init_parameters(model: nn.Module, rng: np.random.Generator) -> None:
             n = module.num_features
             module.weight.data = torch.from_numpy(rng.uniform(0.4, 1.2, size=n))
             module.bias.data = normal((n,), 0.1)
+        elif isinstance(module, nn.LayerNorm):
+            n = module.normalized_shape[0]
+            module.weight.data = torch.from_numpy(rng.uniform(0.8, 1.2, size=n))
+            module.bias.data = normal((n,), 0.05)
+        if hasattr(module, "relative_position_bias_table"):     # Swin's init: truncated normal, std 0.02
+            table = module.relative_position_bias_table
+            table.data = torch.from_numpy(np.clip(rng.normal(0.0, 0.02, size=tuple(table.shape)), -0.04, 0.04))
     for module in model.modules():
         if isinstance(module, SeparateHead):
             module.heatmap[-1].bias.data += -2.19  # CenterPoint's prior: initial scores ~0.1

@@ -18,7 +18,7 @@ from torch import nn
 
 from bevport.contract import Contract, GraphSpec
 from bevport.geometry.lss import depth_bins
-from bevport.models.head import CenterHead
+from bevport.models.head import CenterHead, head_tensors
 from bevport.models.necks import GeneralizedLSSFPN, LSSFPN
 from bevport.models.pillars import PillarFeatureNet, PointPillarsEncoder, PointPillarsScatter
 from bevport.models.resnet import GeneralizedResNet, ResNet
@@ -186,12 +186,6 @@ class HeadGraph(nn.Module):
 
     def forward(self, middle: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         return head_tensors(self.model.head(middle), self.slices)
-
-
-def head_tensors(tasks: List[Dict[str, torch.Tensor]], slices) -> Tuple[torch.Tensor, ...]:
-    """Each contract output: its tasks' attributes, concatenated along channels in slice order."""
-    return tuple(torch.cat([tasks[s.task][s.attr] for s in parts], dim=1) if len(parts) > 1
-                 else tasks[parts[0].task][parts[0].attr] for parts in slices)
 
 
 def export_modules(model: V2XFusion, recipe: Recipe, contract: Contract) -> Dict[str, nn.Module]:

@@ -55,7 +55,8 @@ INTEGERS = ("input.cameras", "model.camera.backbone.embed_dims", "model.camera.b
             "model.decoder.backbone.in_channels", "model.decoder.neck.out_channels", "model.decoder.neck.scale_factor",
             "model.head.in_channels", "model.head.share_conv_channel", "model.head.head_conv", "model.head.final_kernel",
             "model.head.num_heatmap_convs", "model.head.bbox_coder.max_num", "model.head.bbox_coder.out_size_factor",
-            "model.head.test_cfg.pre_max_size", "model.head.test_cfg.post_max_size", "export.pool_groups")
+            "model.head.test_cfg.pre_max_size", "model.head.test_cfg.post_max_size", "export.pool_groups",
+            "export.pool_scatter_rows")
 NUMBERS = ("input.resize", "model.head.init_bias", "model.head.bbox_coder.score_threshold",
            "model.head.test_cfg.score_threshold", "model.head.test_cfg.nms_thr")
 VECTORS = {"input.raw_image_size": 2, "input.image_size": 2, "input.mean": 3, "input.std": 3,
@@ -186,13 +187,13 @@ def graph_specs(recipe) -> Dict[str, GraphSpec]:
     vt = m.camera.vtransform
     d, c = depth_bins(vt), vt.out_channels
     bev = tuple(recipe.bev_shape)
-    groups = recipe.export.pool_groups
+    groups, rows = recipe.export.pool_groups, recipe.export.pool_scatter_rows
     down = tuple(b // vt.downsample for b in bev)
     return {
         ENCODER: graph(recipe, ENCODER, [Port((n, 3, h, w))], [Port((n, m.camera.neck.out_channels, fh, fw))]),
         LIFT: graph(recipe, LIFT, [Port((n, vt.in_channels, fh, fw))], [Port((n, c, fh, fw)), Port((n, d, fh, fw))]),
         POOL: graph(recipe, POOL, [Port((n, c, fh, fw)), Port((n, d, fh, fw)), Port((n * fw, groups), "int32"),
-                                   Port((n * fw, groups, fh)), Port((n * fw, groups), "int32")],
+                                   Port((n * fw, groups, fh)), Port((rows,), "int32"), Port((rows,), "int32")],
                     [Port((1, c) + bev)]),
         DOWNSAMPLE: graph(recipe, DOWNSAMPLE, [Port((1, c) + bev)], [Port((1, c) + down)]),
         DECODER: center_head_graph(recipe, DECODER, [Port((1, c) + down)], head_grid(recipe)),

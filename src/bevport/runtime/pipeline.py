@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Ty
 import numpy as np
 
 from bevport.contract import Contract
-from bevport.errors import DatasetError
+from bevport.errors import BevportError, DatasetError
 from bevport.runtime.graphs import compile_graph, deploy_graphs, read_graph
 
 
@@ -141,7 +141,11 @@ class Pipeline:
 
 def pipeline_class(recipe):
     """The recipe architecture's Pipeline subclass (`bevport.pipelines.<architecture>.Pipeline`)."""
-    return importlib.import_module(f"bevport.pipelines.{recipe.architecture}").Pipeline
+    module = importlib.import_module(f"bevport.pipelines.{recipe.architecture}")
+    if not hasattr(module, "Pipeline"):
+        raise BevportError(f"recipe {recipe.name}: the {recipe.architecture} architecture has no runtime pipeline yet "
+                           "(its graphs export; calibrate, quantize, infer, validate and bench need the pipeline)")
+    return module.Pipeline
 
 
 def prepared_frames(pipeline: Pipeline, dataset, start: int = 0, channel_order: str = "training",
