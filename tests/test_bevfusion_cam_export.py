@@ -79,3 +79,59 @@ def test_a_checkpoint_of_the_other_model_is_named_as_such(cam_export, synthetic_
         load_weights(architecture(cam_recipe).build(cam_recipe), synthetic_ckpt)
     with pytest.raises(CheckpointError, match="camera-only BEVFusion checkpoint \\(Swin-T.*camera\\+LiDAR"):
         load_weights(architecture(recipe).build(recipe), cam_export / "cam.pth")
+
+
+def test_calibrate_and_infer_run_the_five_parts_on_surround_frames(cam_export, tmp_path, capsys):
+    """The pipeline on synthetic nuScenes-layout frames: one rig, its tables built once and said so; every part's
+    feed stored for calibration; FP32 inference to boxes of the six tasks' classes."""
+    from bevport.runtime.infer import RuntimeOptions, run_infer
+
+    scenes = tmp_path / "scenes"
+    main(["synth-data", "--recipe", RECIPE, "--frames", "2", "--seed", "3", "--out", str(scenes), "-q"])
+    calib = tmp_path / "calib"
+    main(["calibrate", "--recipe", RECIPE, "--onnx", str(cam_export / "onnx"), "--data", str(scenes),
+          "--num-samples", "1", "--holdout", "1", "--out", str(calib)])
+    err = capsys.readouterr().err
+    assert err.count("new camera rig, pool tables built") == 1
+    manifest = json.loads((calib / "manifest.json").read_text())
+    assert [f["role"] for f in manifest["frames"]] == ["calibration", "holdout"]
+    assert all(f["occupied_cells"] > 40_000 for f in manifest["frames"])
+    for part in ("image_encoder", "lift", "pool", "downsample", "decoder"):
+        assert len(list((calib / part).glob("*.npz"))) == 2
+    recipe = load_recipe(RECIPE)
+    summary = run_infer(recipe, cam_export / "onnx", scenes, RuntimeOptions(int8={g: False for g in
+                        recipe.quantize.graphs}, cache_dir=None), num_samples=1)
+    assert len(summary["frames"]) == 1 and summary["boxes_per_frame"][0] >= 0
+    assert set(summary["stages"]) == {"image_encoder", "lift", "pool", "downsample", "decoder"}
+
+
+def test_quantize_carries_exports_artifacts_and_refuses_a_changed_one(cam_export, tmp_path):
+    from bevport.errors import QuantizeError
+    from bevport.quantize.ptq import copy_artifacts
+
+    out = tmp_path / "ir"
+    out.mkdir()
+    assert list(copy_artifacts(cam_export / "onnx", out)) == ["frustum.npy"]
+    assert (out / "frustum.npy").read_bytes() == (cam_export / "onnx" / "frustum.npy").read_bytes()
+    changed = tmp_path / "onnx"
+    changed.mkdir()
+    for name in ("export.json", "frustum.npy"):
+        (changed / name).write_bytes((cam_export / "onnx" / name).read_bytes())
+    with open(changed / "frustum.npy", "r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x01")
+    with pytest.raises(QuantizeError, match="missing or changed since export"):
+        copy_artifacts(changed, out)
+
+
+def test_graphs_without_their_frustum_are_refused_by_name(cam_recipe, tmp_path):
+    from bevport.contract import build_contract
+    from bevport.errors import GraphError
+    from bevport.runtime.pipeline import pipeline_class
+
+    pipeline = pipeline_class(cam_recipe)(cam_recipe, build_contract(cam_recipe), {})
+    with pytest.raises(GraphError, match="frustum.npy: cannot read the frustum"):
+        pipeline.attach(tmp_path)
+    np.save(tmp_path / "frustum.npy", np.zeros((118, 32, 88, 2), np.float32))
+    with pytest.raises(GraphError, match=r"needs float32 \[118, 32, 88, 3\]"):
+        pipeline.attach(tmp_path)

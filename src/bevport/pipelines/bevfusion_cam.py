@@ -15,12 +15,22 @@ of each exported graph.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
 
 from bevport.contract import GraphSpec, Port, center_head_graph, graph
-from bevport.errors import RecipeError
+from bevport.data.imageaug import camera_tensor, img_aug_matrix
+from bevport.errors import DatasetError, GraphError, RecipeError
+from bevport.geometry import lss_depth
 from bevport.geometry.lss import depth_bins
+from bevport.geometry.lss_depth import PoolTables
 from bevport.recipe import cells, check, check_numbers
+from bevport.runtime import pipeline as base
 
 ENCODER, LIFT, POOL, DOWNSAMPLE, DECODER = "image_encoder", "lift", "pool", "downsample", "decoder"
 
@@ -198,3 +208,97 @@ def graph_specs(recipe) -> Dict[str, GraphSpec]:
         DOWNSAMPLE: graph(recipe, DOWNSAMPLE, [Port((1, c) + bev)], [Port((1, c) + down)]),
         DECODER: center_head_graph(recipe, DECODER, [Port((1, c) + down)], head_grid(recipe)),
     }
+
+
+# ----------------------------------------------------------------------------------------------------- pipeline
+
+@dataclass
+class CameraInputs(base.FrameInputs):
+    """One frame read and preprocessed: the six normalised images, the rig's matrices and its pool tables."""
+    img: np.ndarray                     # [N,3,H,W] float32
+    camera2lidar: np.ndarray            # [N,4,4] float32, as the dataset stores it
+    intrinsics: np.ndarray              # [N,4,4] float32
+    tables: PoolTables
+    rig_note: str = ""                  # set when this frame's rig built new tables
+
+    def stats(self) -> Dict[str, int]:
+        return {"pool_groups": self.tables.groups, "occupied_cells": self.tables.occupied}
+
+    def notes(self) -> List[str]:
+        return [self.rig_note] if self.rig_note else []
+
+
+class Pipeline(base.Pipeline):
+    """The five parts in order; the pool part takes the tables of the frame's camera rig, computed on the host once
+    per rig (keyed by the matrices' bytes) from the checkpoint's frustum that export writes beside the graphs."""
+
+    def __init__(self, recipe, contract, compiled, deploy_cap: bool = False):
+        super().__init__(recipe, contract, compiled, deploy_cap)
+        self.frustum: Optional[np.ndarray] = None
+        self._tables: "OrderedDict[bytes, PoolTables]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def attach(self, folder: Path) -> None:
+        path = Path(folder) / "frustum.npy"
+        try:
+            frustum = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise GraphError(f"{path}: cannot read the frustum ({exc})",
+                             "`bevport export` writes frustum.npy beside the graphs; keep it with them") from None
+        vt = self.recipe.model.camera.vtransform
+        expected = (depth_bins(vt),) + tuple(vt.feature_size) + (3,)
+        if frustum.shape != expected or frustum.dtype != np.float32:
+            raise GraphError(f"{path}: frustum is {frustum.dtype} {list(frustum.shape)}, the recipe needs float32 "
+                             f"{list(expected)}")
+        self.frustum = frustum
+
+    def prepare(self, frame, channel_order: str = "training") -> CameraInputs:
+        names = list(self.recipe.input.camera_names)
+        if [c.name for c in frame.cameras] != names:
+            raise DatasetError(f"frame {frame.id}: cameras {[c.name for c in frame.cameras]}, the recipe reads {names}")
+        img = camera_tensor(self.recipe, [c.image() for c in frame.cameras], [str(c.image_path) for c in frame.cameras])
+        camera2lidar = np.stack([np.asarray(c.camera2lidar, np.float32) for c in frame.cameras])
+        intrinsics = np.tile(np.eye(4, dtype=np.float32), (len(names), 1, 1))
+        intrinsics[:, :3, :3] = np.stack([c.intrinsics for c in frame.cameras])
+        tables, note = self.rig_tables(frame.id, camera2lidar, intrinsics)
+        return CameraInputs(frame.id, img, camera2lidar, intrinsics, tables, note)
+
+    def rig_tables(self, frame_id: str, camera2lidar: np.ndarray, intrinsics: np.ndarray):
+        """(pool tables of this rig, a note when they were built for it now)."""
+        if self.frustum is None:
+            raise GraphError("the camera-only pipeline has no frustum: attach() the folder of its graphs first")
+        key = camera2lidar.tobytes() + intrinsics.tobytes()
+        with self._lock:
+            tables = self._tables.get(key)
+            if tables is not None:
+                self._tables.move_to_end(key)
+                return tables, ""
+            r, vt = self.recipe, self.recipe.model.camera.vtransform
+            ida, bda = img_aug_matrix(r), np.eye(4, dtype=np.float32)
+            geom = np.stack([lss_depth.geometry(self.frustum, c2l, k, ida, bda)
+                             for c2l, k in zip(camera2lidar, intrinsics)])
+            cells, inside = lss_depth.cells(geom, vt.xbound, vt.ybound, vt.zbound)
+            tables = lss_depth.pool_tables(cells, inside, r.bev_shape, r.export.pool_groups,
+                                           r.export.pool_scatter_rows)
+            self._tables[key] = tables
+            while len(self._tables) > 8:
+                self._tables.popitem(last=False)
+        return tables, (f"frame {frame_id}: new camera rig, pool tables built ({tables.groups} groups, "
+                        f"{tables.occupied} occupied cells)")
+
+    def start(self, inputs: CameraInputs) -> base.FrameResult:
+        result = base.FrameResult(inputs)
+        feature = self.run_graph(ENCODER, self.feed(ENCODER, inputs.img), result)
+        context, depth = self.run_graph(LIFT, self.feed(LIFT, *feature.values()), result).values()
+        t = inputs.tables
+        bev = self.run_graph(POOL, self.feed(POOL, context, depth, t.rows, t.mask, t.order, t.cells), result)
+        down = self.run_graph(DOWNSAMPLE, self.feed(DOWNSAMPLE, *bev.values()), result)
+        self.run_graph(DECODER, self.feed(DECODER, *down.values()), result)
+        return result
+
+    def finish(self, result: base.FrameResult) -> base.FrameResult:
+        return result
+
+    def settings(self) -> Dict[str, object]:
+        return {"pool_groups": self.recipe.export.pool_groups,
+                "pool_scatter_rows": self.recipe.export.pool_scatter_rows}

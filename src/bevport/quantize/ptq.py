@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -252,6 +253,7 @@ def _quantize(recipe, onnx_dir, calib_dir, out, target_device, report, latency_r
             entry["files"] = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                               for p in sorted(tmp.iterdir()) if p.stem in (Path(entry["fp32_ir"]).stem,
                                                                           Path(entry["int8_ir"]).stem)}
+        artifacts = copy_artifacts(Path(onnx_dir), tmp)
         summary = {
             "bevport_version": __version__,
             "recipe": recipe.name,
@@ -264,6 +266,7 @@ def _quantize(recipe, onnx_dir, calib_dir, out, target_device, report, latency_r
                          "max_ap_drop": None if control is None else control.max_drop},
             "versions": {"nncf": _version("nncf"), "openvino": ov.get_version()},
             "graphs": graphs,
+            "artifacts": artifacts,
         }
         (tmp / "quantize.json").write_text(json.dumps(summary, indent=2) + "\n")
         if report:
@@ -273,6 +276,22 @@ def _quantize(recipe, onnx_dir, calib_dir, out, target_device, report, latency_r
             summary["report_seconds"] = round(time.perf_counter() - start, 2)
             (tmp / "quantize.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def copy_artifacts(onnx_dir: Path, out: Path) -> Dict[str, str]:
+    """Export's artifacts (arrays the runtime reads beside the graphs, listed in export.json) copied into `out`,
+    each checked against the sha256 export recorded; {file: sha256}."""
+    summary = onnx_dir / "export.json"
+    listed = json.loads(summary.read_text()).get("artifacts", {}) if summary.is_file() else {}
+    copied = {}
+    for name, digest in listed.items():
+        source = onnx_dir / name
+        if not source.is_file() or sha256_file(source) != digest:
+            raise QuantizeError(f"{source}: missing or changed since export (export.json records {digest[:12]}...)",
+                                "export again, or keep the export folder as export left it")
+        shutil.copyfile(source, out / name)
+        copied[name] = digest
+    return copied
 
 
 def _version(module: str) -> str:

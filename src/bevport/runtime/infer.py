@@ -23,7 +23,8 @@ from bevport.contract import build_contract
 from bevport.errors import BevportError, DatasetError
 from bevport.formats import dataset_format, dataset_or_synthetic
 from bevport.runtime.decode import Detections, decode
-from bevport.runtime.graphs import check_device, compile_graph, deploy_graphs, read_graph, resolve_graphs
+from bevport.runtime.graphs import (check_device, compile_graph, deploy_graphs, model_folder, read_graph,
+                                   resolve_graphs)
 from bevport.runtime.pipeline import (PREFETCH, FrameInputs, FrameResult, pipeline_class, prefetched,
                                      prepared_frames)
 from bevport.runtime.precision import HINT, compile_config
@@ -85,7 +86,9 @@ def open_pipeline(recipe, bundle: Path, options: RuntimeOptions, warn: Callable 
         described[graph] = {"file": path.name, "precision": "int8" if quantized else "fp32",
                             "inference_precision": compile_config(model, request).get(HINT, "default"),
                             "compile_s": round(time.perf_counter() - start, 3)}
-    return RuntimePipeline(pipeline_class(recipe)(recipe, contract, compiled, options.deploy_cap), described, options)
+    pipeline = pipeline_class(recipe)(recipe, contract, compiled, options.deploy_cap)
+    pipeline.attach(model_folder(recipe, bundle))
+    return RuntimePipeline(pipeline, described, options)
 
 
 class RuntimePipeline:
@@ -174,6 +177,11 @@ def run_infer(recipe, bundle: Path, data: Optional[os.PathLike], options: Runtim
     from bevport.runtime.vis import VideoWriter
 
     fmt = dataset_format(recipe)
+    for wanted, function, option in ((pred_dir, "write_predictions", "--pred-dir"), (vis_dir, "picture", "--vis-dir")):
+        if wanted is not None and not hasattr(fmt, function):
+            raise BevportError(f"recipe {recipe.name}: the {recipe.dataset.format} dataset format does not write "
+                               f"{'predictions' if function == 'write_predictions' else 'pictures'} yet",
+                               f"run without {option}")
     progress(f"compiling graphs for {options.device}")
     runtime = open_pipeline(recipe, bundle, options, warn)
     per_frame, skipped, counts = [], [], []

@@ -70,7 +70,12 @@ class Pipeline:
         core = core or ov.Core()
         compiled = {key: compile_graph(core, read_graph(core, files[key], contract[key]), device, precision, config)
                     for key in deploy_graphs(recipe)}
-        return cls(recipe, contract, compiled, deploy_cap)
+        pipeline = cls(recipe, contract, compiled, deploy_cap)
+        pipeline.attach(Path(next(iter(files.values()))).parent)
+        return pipeline
+
+    def attach(self, folder: Path) -> None:
+        """Read what the architecture keeps beside its graphs in `folder` (export's artifacts); nothing by default."""
 
     # --------------------------------------------------------------------------------- what architectures define
     def prepare(self, frame, channel_order: str = "training") -> FrameInputs:
