@@ -1,8 +1,8 @@
-"""A head graph whose 12 outputs encode chosen boxes: the inverse of CenterPoint decoding, as an OpenVINO IR.
+"""A head graph whose outputs encode chosen boxes: the inverse of CenterPoint decoding, as an OpenVINO IR.
 
-It has the real head's ports (input `middle`, the contract's output names and shapes), so it drops into a bundle in
-place of `quantized_head.xml`, and whatever the rest of the pipeline computes, the decoder must return the boxes
-planted here.
+It has the real head graph's ports (V2X: `head`, input `middle`, 12 outputs; camera-only: `decoder`, one packed
+70-channel output), so it drops into a bundle in place of the head's INT8 IR, and whatever the rest of the pipeline
+computes, the decoder must return the boxes planted here.
 """
 from __future__ import annotations
 
@@ -15,11 +15,17 @@ PEAK_LOGIT = 4.0          # sigmoid 0.982
 BACKGROUND_LOGIT = -8.0
 
 
+def head_spec(contract):
+    """The graph whose outputs carry the head's task slices."""
+    (spec,) = [s for s in contract if any(t.slices for t in s.outputs)]
+    return spec
+
+
 def encode(recipe, contract, boxes: Sequence[Tuple[float, ...]], labels: Sequence[int]) -> Dict[str, np.ndarray]:
     """Head outputs for boxes (x, y, z_center, dx, dy, dz, yaw) with global labels, one box per BEV cell."""
     coder = recipe.model.head.bbox_coder
     cell = coder.out_size_factor * coder.voxel_size[0]
-    spec = contract["head"]
+    spec = head_spec(contract)
     out = {t.name: np.zeros(t.shape, np.float32) for t in spec.outputs}
     layout = contract.head_layout()        # per task: attribute -> (tensor, first channel, end channel)
 
@@ -44,14 +50,15 @@ def encode(recipe, contract, boxes: Sequence[Tuple[float, ...]], labels: Sequenc
 
 
 def write_head_ir(contract, outputs: Dict[str, np.ndarray], path: Path) -> None:
-    """An IR: middle -> each planted tensor (+ 0 x sum(middle), so the input stays connected)."""
+    """An IR: the head's input -> each planted tensor (+ 0 x sum(input), so the input stays connected)."""
     import openvino as ov
     from openvino import opset13 as ops
 
-    spec = contract["head"]
+    spec = head_spec(contract)
     middle = ops.parameter(list(spec.inputs[0].shape), np.float32, name=spec.inputs[0].name)
     middle.output(0).get_tensor().set_names({spec.inputs[0].name})
-    zero = ops.multiply(ops.reduce_sum(middle, np.array([0, 1, 2, 3]), keep_dims=True), np.float32(0.0))
+    axes = np.arange(len(spec.inputs[0].shape))
+    zero = ops.multiply(ops.reduce_sum(middle, axes, keep_dims=True), np.float32(0.0))
     results = []
     for t in spec.outputs:
         node = ops.add(ops.constant(outputs[t.name]), zero)

@@ -135,3 +135,55 @@ def test_graphs_without_their_frustum_are_refused_by_name(cam_recipe, tmp_path):
     np.save(tmp_path / "frustum.npy", np.zeros((118, 32, 88, 2), np.float32))
     with pytest.raises(GraphError, match=r"needs float32 \[118, 32, 88, 3\]"):
         pipeline.attach(tmp_path)
+
+
+# (x, y, z_centre, w, l, h, yaw) and label per box: one of each class, far apart, plus a second pedestrian 1 m from
+# the first with a lower score. Pedestrians' 0.7 m boxes do not overlap at 1 m, but nms_scale 2.5 makes them
+# 1.75 m boxes with an IoU of 0.27 > nms_thr 0.2: the task's rotated NMS with upstream's per-class scale drops it.
+PLANTED = [((-30.0, -30.0, -1.0, 1.9, 4.5, 1.6, 0.3), 0), ((-30.0, 0.0, -0.5, 2.5, 8.0, 3.0, -1.2), 1),
+           ((-30.0, 30.0, -0.5, 2.8, 6.0, 3.1, 2.0), 2), ((0.0, -30.0, 0.0, 2.9, 11.0, 3.5, 0.0), 3),
+           ((0.0, 30.0, 0.0, 2.9, 12.0, 3.8, 1.5), 4), ((30.0, -30.0, -1.2, 2.4, 0.5, 1.0, 0.7), 5),
+           ((30.0, 0.0, -1.0, 0.8, 2.1, 1.5, -0.4), 6), ((30.0, 30.0, -1.0, 0.6, 1.7, 1.3, 2.5), 7),
+           ((12.0, 12.0, -0.9, 0.7, 0.7, 1.8, 0.0), 8), ((-12.0, 12.0, -1.5, 0.4, 0.4, 1.0, 0.0), 9),
+           ((13.0, 12.0, -0.9, 0.7, 0.7, 1.8, 0.0), 8)]
+
+
+def test_planted_decoder_outputs_come_out_as_the_planted_boxes(cam_export, cam_recipe, tmp_path):
+    """The five parts in OpenVINO on a synthetic surround frame, the decoder replaced by one that emits planted head
+    maps: the six tasks decode (circle NMS for car and barrier, rotated NMS with nms_scale elsewhere) to exactly the
+    planted boxes, labels in the recipe's class order, and the results file puts them where they were planted."""
+    import shutil
+
+    from planted import encode, head_spec, write_head_ir
+
+    from bevport.runtime.infer import RuntimeOptions, iterate_frames, open_pipeline
+
+    contract = build_contract(cam_recipe)
+    folder = tmp_path / "graphs"
+    shutil.copytree(cam_export / "onnx", folder)
+    boxes, labels = [b for b, _ in PLANTED], [label for _, label in PLANTED]
+    maps = encode(cam_recipe, contract, boxes, labels)
+    task, first = 5, 8                      # the weaker second pedestrian: task 5's first heatmap channel
+    name, start, _ = contract.head_layout()[task]["heatmap"]
+    cell = cam_recipe.model.head.bbox_coder.out_size_factor * cam_recipe.model.head.bbox_coder.voxel_size[0]
+    maps[name][0, start + labels[-1] - first, int((13.0 + 51.2) / cell), int((12.0 + 51.2) / cell)] = 2.0
+    (folder / "decoder.onnx").unlink()
+    write_head_ir(contract, maps, folder / "decoder.xml")
+    assert head_spec(contract).key == "decoder"
+
+    scenes = tmp_path / "scenes"
+    main(["synth-data", "--recipe", RECIPE, "--frames", "1", "--seed", "2", "--out", str(scenes), "-q"])
+    runtime = open_pipeline(cam_recipe, folder, RuntimeOptions(int8={g: False for g in cam_recipe.quantize.graphs},
+                                                               cache_dir=None))
+    from bevport.formats.nuscenes import open_dataset
+
+    (outcome,) = list(iterate_frames(runtime, open_dataset(cam_recipe, scenes), 1, "fail", print, []))
+    det = outcome.detections
+    expected = np.array(boxes[:-1])
+    order = np.lexsort((det.boxes[:, 1], det.boxes[:, 0]))
+    want = np.lexsort((expected[:, 1], expected[:, 0]))
+    assert det.labels[order].tolist() == [labels[i] for i in want]
+    np.testing.assert_allclose(det.boxes[order, :2], expected[want, :2], atol=1e-4)
+    np.testing.assert_allclose(det.boxes[order, 2], expected[want, 2] - expected[want, 5] / 2, atol=1e-5)
+    np.testing.assert_allclose(det.boxes[order, 3:6], expected[want, 3:6], rtol=1e-5)
+    np.testing.assert_allclose(np.cos(det.boxes[order, 6] - expected[want, 6]), 1.0, atol=1e-6)

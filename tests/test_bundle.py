@@ -18,6 +18,7 @@ import pytest
 from bevport.bundle import (BundleError, archive_path, build_bundle, extras_path, is_volatile_key, split_volatile,
                             timings_path, verify_bundle, write_archive)
 from bevport.contract import build_contract
+from bevport.recipe import load_recipe
 from bevport.runtime.graphs import source_graph
 
 CKPT_SHA = "ab" * 32
@@ -164,7 +165,7 @@ def test_layout_names_and_manifest(bundle, recipe, run):
     assert reports == {"export.json", "parity.json", "quantize.json", "quantize_report.json", "quantize_report.md",
                        "validate.json", "bench.json", "ap.json", "pictures/frame_000007.png",
                        "pictures/bevfusion.mp4"}
-    assert (bundle / "recipe.yaml").is_file()
+    assert load_recipe(bundle / "recipe.yaml").to_dict() == recipe.to_dict()     # loads back, graph order kept
     assert sorted(p.name for p in extras_path(bundle).iterdir()) == ["quantize_report.md", "quantize_report.png"]
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -428,3 +429,17 @@ def test_cli_bundle_and_verify(run, recipe, tmp_path, capsys):
         main(["verify", str(bundle)])
     assert exit_info.value.code == 1
     assert "missing: recipe.yaml" in capsys.readouterr().err
+
+
+def test_runtime_commands_take_the_bundles_own_recipe(bundle, recipe):
+    """`bevport infer --bundle dist/<name>` needs no --recipe; a --recipe of another model is refused by name."""
+    import argparse
+
+    from bevport.cli import _load_recipe
+    from bevport.errors import RecipeError
+
+    args = argparse.Namespace(recipe=None, config=None, bundle=bundle)
+    assert _load_recipe(args).to_dict() == recipe.to_dict()
+    args.recipe = "bevfusion-cam-swint"
+    with pytest.raises(RecipeError, match=f"bundle of recipe `{recipe.name}`, --recipe gives `bevfusion-cam-swint`"):
+        _load_recipe(args)

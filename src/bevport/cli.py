@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from rich.console import Console
 
@@ -48,9 +48,33 @@ class _Progress:
 
 
 def _load_recipe(args):
+    """The recipe of --recipe; without it, a release bundle's own (its recipe.yaml), else the default. A --recipe that
+    is not the bundle's is refused by name."""
     from bevport.recipe import load_recipe
 
-    return load_recipe(args.recipe, args.config)
+    bundled = _bundle_recipe(getattr(args, "bundle", None))
+    if args.recipe is None:
+        return load_recipe(bundled[1] if bundled else DEFAULT_RECIPE, args.config)
+    recipe = load_recipe(args.recipe, args.config)
+    if bundled and bundled[0] != recipe.name:
+        from bevport.errors import RecipeError
+
+        raise RecipeError(f"{args.bundle} is a bundle of recipe `{bundled[0]}`, --recipe gives `{recipe.name}`",
+                          f"leave --recipe out (the bundle's recipe.yaml is used) or pass --recipe {bundled[0]}")
+    return recipe
+
+
+def _bundle_recipe(bundle: Optional[Path]) -> Optional[Tuple[str, Path]]:
+    """(recipe name, recipe.yaml) of a release bundle folder, None for anything else (e.g. a quantize folder)."""
+    import json
+
+    if bundle is None or not (Path(bundle) / "recipe.yaml").is_file() or not (Path(bundle) / "manifest.json").is_file():
+        return None
+    try:
+        name = json.loads((Path(bundle) / "manifest.json").read_text()).get("recipe")
+    except (OSError, ValueError):
+        return None
+    return (str(name), Path(bundle) / "recipe.yaml") if name else None
 
 
 def cmd_export(args) -> None:
@@ -300,15 +324,15 @@ def cmd_verify(args) -> None:
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True,
                    help="folder with the graphs (`bevport quantize` output, or a release bundle)")
-    p.add_argument("--data", type=Path, help="dataset root (KITTI layout or DAIR-V2X-I); default: synthetic scenes")
-    p.add_argument("--split", help="ImageSets/<split>.txt to take frame ids from")
+    p.add_argument("--data", type=Path, help="dataset root in the recipe's format (V2X: KITTI layout or DAIR-V2X-I; camera-only: nuScenes with an info .pkl); default: synthetic scenes")
+    p.add_argument("--split", help="frames to take: ImageSets/<split>.txt (KITTI layout), or the info file of a nuScenes split (val, train or a .pkl path)")
     p.add_argument("--num-samples", type=int, help="frames to run (default: all; 8 synthetic without --data)")
     p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, GPU.1, AUTO ...")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--int8", action="store_true", help="every stage INT8 (the default, as the deploy binary)")
     precision.add_argument("--fp32", action="store_true", help="every deploy graph FP32")
     precision.add_argument("--int8-graphs", metavar="GRAPH[,GRAPH]",
-                           help="exactly these deploy graphs INT8, the others FP32 (e.g. camera,fuser)")
+                           help="exactly these deploy graphs INT8, the others FP32 (e.g. camera,fuser; the recipe names them)")
     p.add_argument("--inference-precision", choices=("f32", "default"), default="f32",
                    help="FP32 graphs at f32 (default) or at the device's default (bf16 on AMX CPUs, f16 on GPUs)")
     p.add_argument("--channel-order", choices=("training", "deploy-binary"), default="training",
@@ -324,8 +348,8 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"recipe name (recipes/<name>.yaml) or path "
-                                                            f"(default {DEFAULT_RECIPE})")
+    p.add_argument("--recipe", help=f"recipe name (recipes/<name>.yaml) or path (default: a release bundle's own, "
+                                    f"else {DEFAULT_RECIPE})")
     p.add_argument("--config", type=Path, help="upstream torchpack training config to overlay on the recipe")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
@@ -363,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="run the FP32 graphs over dataset frames and store each graph's inputs")
     _add_recipe_args(p)
     p.add_argument("--onnx", type=Path, required=True, help="a `bevport export` output folder")
-    p.add_argument("--data", type=Path, help="dataset root (KITTI layout or DAIR-V2X-I); default: synthetic scenes")
-    p.add_argument("--split", help="ImageSets/<split>.txt to take frame ids from (KITTI layout)")
+    p.add_argument("--data", type=Path, help="dataset root in the recipe's format (V2X: KITTI layout or DAIR-V2X-I; camera-only: nuScenes with an info .pkl); default: synthetic scenes")
+    p.add_argument("--split", help="frames to take: ImageSets/<split>.txt (KITTI layout), or the info file of a nuScenes split (val, train or a .pkl path)")
     p.add_argument("--num-samples", type=int, help="calibration frames (default: the recipe's, 300)")
     p.add_argument("--holdout", type=int, help="held-out frames for the report (default: the recipe's)")
     p.add_argument("--on-bad-frame", choices=("skip", "fail"), default="skip",

@@ -95,7 +95,9 @@ class _Inputs:
         if not model_dir or PurePosixPath(model_dir).is_absolute() or ".." in PurePosixPath(model_dir).parts:
             raise BundleError(f"recipe runtime.model_dir `{model_dir}` must be a relative folder inside the bundle")
         self.model_dir = model_dir
-        self.deploy = [(f"{model_dir}/{n}", onnx_dir / n) for n in self.onnx_files] + \
+        # the graphs, and the files export wrote beside them for the runtime (the camera-only frustum)
+        self.artifacts = _export_artifacts(onnx_dir / "export.json")
+        self.deploy = [(f"{model_dir}/{n}", onnx_dir / n) for n in self.onnx_files + self.artifacts] + \
                       [(f"{model_dir}/{n}", ir_dir / n) for n in self.ir_files]
         self.json_paths = {"export": onnx_dir / "export.json", "parity": onnx_dir / "parity.json",
                            "quantize": ir_dir / "quantize.json", "report": ir_dir / "report.json"}
@@ -144,8 +146,8 @@ class _Inputs:
         if not _SHA256.match(str(self.calibration.get("sha256", ""))):
             problems.append(f"{self.json_paths['quantize']}: no calibration-set sha256")
 
-        recorded_onnx = export.get("files") or {}
-        for file in self.onnx_files:
+        recorded_onnx = dict(export.get("files") or {}, **(export.get("artifacts") or {}))
+        for file in self.onnx_files + self.artifacts:
             path = self.onnx_dir / file
             self.hashes[str(path)] = actual = sha256_file(path)
             if file not in recorded_onnx:
@@ -210,6 +212,19 @@ class _Inputs:
                 problems.append(f"{path} is not the graph the INT8 IRs were quantized from ({source} records sha256 "
                                 f"{str(sha)[:12]}, the file has {actual[:12]})")
         return source
+
+
+def _export_artifacts(path: Path) -> List[str]:
+    """The names of the artifacts an export recorded (export.json `artifacts`), [] when it records none or the file
+    is missing (reported with the other missing inputs)."""
+    if not path.is_file():
+        return []
+    artifacts = _read_json(path).get("artifacts") or {}
+    names = sorted(artifacts) if isinstance(artifacts, dict) else []
+    unsafe = [n for n in names if PurePosixPath(n).name != n]
+    if unsafe:
+        raise BundleError(f"{path}: artifact names must be plain file names, got {', '.join(unsafe)}")
+    return names
 
 
 def _pick(mapping: Any, keys) -> Dict[str, Any]:
@@ -281,9 +296,10 @@ def _report_markdown(report: Dict[str, Any], name: str) -> str:
 
 
 def _recipe_yaml(recipe) -> bytes:
+    """The recipe as YAML that loads back to the same recipe: mapping order kept (export.graphs is in export order)."""
     import yaml
 
-    return yaml.safe_dump(json.loads(json.dumps(recipe.to_dict())), sort_keys=True, default_flow_style=False,
+    return yaml.safe_dump(json.loads(json.dumps(recipe.to_dict())), sort_keys=False, default_flow_style=False,
                           allow_unicode=False).encode("ascii")
 
 

@@ -100,6 +100,17 @@ def load_plain_pickle(path: Path) -> Any:
 
 
 @dataclass
+class Pose:
+    """A rigid transform as nuScenes stores it: a unit quaternion [w, x, y, z] and a translation."""
+    rotation: np.ndarray        # [4]
+    translation: np.ndarray     # [3]
+
+    @property
+    def rotation_matrix(self) -> np.ndarray:
+        return quaternion_matrix(self.rotation)
+
+
+@dataclass
 class CameraInfo:
     name: str
     image: Path                  # resolved against the dataset root
@@ -117,6 +128,8 @@ class Sample:
     gt_velocity: Optional[np.ndarray] = None   # [N,2]
     valid: Optional[np.ndarray] = None         # [N] bool
     num_lidar_pts: Optional[np.ndarray] = None  # [N] int: upstream's validation counts objects with > 0
+    lidar2ego: Optional["Pose"] = None         # lidar2ego_rotation / _translation
+    ego2global: Optional["Pose"] = None        # the ego pose at the LiDAR key frame
 
 
 def resolve(stored: str, root: Path) -> Path:
@@ -154,6 +167,25 @@ def _camera(name: str, info: Any, root: Path, where: str) -> CameraInfo:
     return CameraInfo(name, resolve(info["data_path"], root), intrinsics, camera2lidar)
 
 
+def quaternion_matrix(q: Sequence[float]) -> np.ndarray:
+    """The 3x3 rotation of a unit quaternion [w, x, y, z] (nuScenes' order; normalised as pyquaternion does)."""
+    w, x, y, z = np.asarray(q, np.float64) / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def _pose(info: dict, prefix: str, where: str) -> Optional[Pose]:
+    """The transform of `<prefix>_rotation` (quaternion wxyz) and `<prefix>_translation`, or None if absent."""
+    if f"{prefix}_rotation" not in info and f"{prefix}_translation" not in info:
+        return None
+    rotation = _matrix(info.get(f"{prefix}_rotation"), (4,), f"{where}: {prefix}_rotation")
+    if not 0.5 < np.linalg.norm(rotation) < 2.0:
+        raise DatasetError(f"{where}: {prefix}_rotation {rotation.tolist()} is not a unit quaternion [w, x, y, z]")
+    return Pose(rotation / np.linalg.norm(rotation),
+                _matrix(info.get(f"{prefix}_translation"), (3,), f"{where}: {prefix}_translation"))
+
+
 def parse_sample(info: Any, root: Path, camera_names: Sequence[str], source: str, index: int) -> Sample:
     """One sample of an info file, checked: the recipe's cameras with finite, well-shaped matrices; labels of
     nuScenes classes."""
@@ -170,7 +202,8 @@ def parse_sample(info: Any, root: Path, camera_names: Sequence[str], source: str
                            f"the recipe reads {', '.join(camera_names)}")
     cameras = [_camera(n, cams[n], root, where) for n in camera_names]
     lidar = info.get("lidar_path")
-    sample = Sample(token, cameras, resolve(lidar, root) if isinstance(lidar, str) else None)
+    sample = Sample(token, cameras, resolve(lidar, root) if isinstance(lidar, str) and lidar else None,
+                    lidar2ego=_pose(info, "lidar2ego", where), ego2global=_pose(info, "ego2global", where))
     if "gt_boxes" in info:
         try:
             boxes = np.asarray(info["gt_boxes"], dtype=np.float64)

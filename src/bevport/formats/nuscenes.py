@@ -8,10 +8,12 @@ that z is read as the bottom in training and decoding moves it back: predictions
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -19,6 +21,9 @@ from bevport.data.dataset import CameraView, Frame
 from bevport.data.infos import Sample, read_infos
 from bevport.errors import DatasetError
 
+RESULTS_FILE = "results_nusc.json"
+# The six pictures as nuScenes shows a sample: the front three above, the rear three below.
+PICTURE_LAYOUT = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
 INFO_NAMES = ("nuscenes_infos_{split}.pkl", "nuscenes_infos_{split}_radar.pkl")   # mmdet3d's; MIT's at 326653d
 
 
@@ -120,3 +125,96 @@ def ground_truth(frame, class_names: Sequence[str]):
                       np.arctan2(np.sin(heading), np.cos(heading))], axis=1)
     labels = np.array([list(class_names).index(sample.gt_names[i]) for i in keep], np.int64)
     return boxes, labels
+
+
+# ------------------------------------------------------------------------------------------------------ predictions
+
+def write_predictions(pred_dir: os.PathLike, frame, detections, recipe) -> None:
+    """`<pred_dir>/nuscenes/<sample token>.json`: the sample's entries of the results file, in the global frame
+    (`write_results` gathers them into results_nusc.json)."""
+    from bevport.fsutil import atomic_write_bytes
+    from bevport.runtime.nuscenes import results_entries
+
+    sample = frame.objects
+    missing = [key for key in ("lidar2ego", "ego2global") if getattr(sample, key, None) is None]
+    if missing:
+        raise DatasetError(f"frame {frame.id}: the info file gives no {' / '.join(k + '_rotation' for k in missing)}",
+                           "nuScenes results are in the global frame; use an info file made by the nuScenes converter, "
+                           "or run without --pred-dir")
+    det = detections
+    entries = results_entries(sample.token, det.boxes, det.scores, det.labels, recipe.class_names,
+                              sample.lidar2ego, sample.ego2global)
+    path = Path(pred_dir) / "nuscenes" / f"{sample.token}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(entries).encode())
+
+
+def write_results(dataset: NuScenesDataset, pred_dir: os.PathLike, ids: Sequence[str], recipe) -> Path:
+    """`<pred_dir>/results_nusc.json` of the samples `ids` ({"meta": modality, "results": {token: entries}}), the file
+    nuScenes' `DetectionEval` reads and the evaluation server takes."""
+    from bevport.fsutil import atomic_write_bytes
+
+    results: Dict[str, List[Dict]] = {}
+    for token in ids:
+        results[token] = json.loads((Path(pred_dir) / "nuscenes" / f"{token}.json").read_text())
+    meta = {"use_camera": recipe.model.get("camera") is not None, "use_lidar": recipe.model.get("lidar") is not None,
+            "use_radar": False, "use_map": False, "use_external": False}
+    path = Path(pred_dir) / RESULTS_FILE
+    atomic_write_bytes(path, (json.dumps({"meta": meta, "results": results}) + "\n").encode())
+    return path
+
+
+def evaluate(dataset: NuScenesDataset, pred_dir: os.PathLike, ids: Sequence[str]) -> Optional[Path]:
+    """Nothing yet: the official metrics need the nuScenes tables (see the README)."""
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------- pictures
+
+def physical_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Decoded boxes (x, y, z_bottom, w, l, h, yaw, ...) -> the drawing convention (x, y, z_bottom, width, length,
+    height, heading): the length lies along the heading -yaw - pi/2, as in the results file."""
+    b = np.array(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) == 2 else 9)
+    out = b[:, :7].copy()
+    out[:, 6] = -b[:, 6] - math.pi / 2
+    return out
+
+
+def _to_ego_axes(boxes: np.ndarray) -> np.ndarray:
+    """Boxes of the LiDAR frame (x right, y forward) turned by +90 degrees about z, so that forward is up and left is
+    left on the BEV canvas (nuScenes' LiDAR sits at a -90 degree yaw on the car)."""
+    out = np.array(boxes, np.float64).copy()
+    out[:, 0], out[:, 1] = boxes[:, 1], -boxes[:, 0]
+    out[:, 6] = boxes[:, 6] - math.pi / 2
+    return out
+
+
+def picture(recipe, frame, detections, show_gt: bool = True, latency_ms: Optional[float] = None):
+    """The six camera images with the boxes projected into each (front row: front-left, front, front-right; rear
+    row: back-left, back, back-right) beside the BEV over the decoding range, forward up, with a HUD."""
+    from bevport.runtime import vis
+
+    names, det = recipe.class_names, detections
+    threshold = recipe.runtime.vis_score_threshold
+    preds = physical_boxes(det.boxes)
+    gt_boxes, gt_labels = ground_truth(frame, names) if show_gt else (None, None)
+    gts = vis.model_boxes_from_physical(gt_boxes) if gt_boxes is not None else np.zeros((0, 7))
+    by_name = {cam.name: cam for cam in frame.cameras}
+    tiles = []
+    for name in [n for n in PICTURE_LAYOUT if n in by_name] + [n for n in by_name if n not in PICTURE_LAYOUT]:
+        cam = by_name[name]
+        calib = SimpleNamespace(lidar2cam=np.linalg.inv(cam.camera2lidar.astype(np.float64)),
+                                intrinsics=cam.intrinsics)
+        tiles.append(vis.camera_image(cam.image(), calib, preds, det.labels, det.scores, gts, class_names=names,
+                                      score_threshold=threshold))
+    grid = vis.image_grid(tiles, [n.replace("CAM_", "").replace("_", " ").lower() for n in PICTURE_LAYOUT
+                                  if n in by_name] + [n for n in by_name if n not in PICTURE_LAYOUT], columns=3)
+    pc_range = recipe.model.head.bbox_coder.pc_range
+    points = frame.points()[:, :3] if frame.points_path is not None else np.zeros((0, 3))
+    points = np.stack([points[:, 1], -points[:, 0], points[:, 2]], axis=1)
+    bev = vis.bev_image(points, _to_ego_axes(preds), det.labels, det.scores,
+                        _to_ego_axes(gts) if len(gts) else None, gt_labels, class_names=names,
+                        score_threshold=threshold, x_range=(pc_range[1], pc_range[4]),
+                        y_range=(-pc_range[3], -pc_range[0]), title="bird's-eye view (ego axes)")
+    shown = int(np.count_nonzero(det.scores >= threshold))
+    return vis.frame_picture(grid, bev, frame_id=frame.id, detections=shown, latency_ms=latency_ms)

@@ -211,10 +211,13 @@ def decode_tasks(task_outputs: Sequence[Mapping[str, np.ndarray]], recipe: "Reci
     """All tasks' detections from per-task {attribute: array} dicts: task order, labels offset, z = bottom."""
     parts: List[Detections] = []
     offset = 0
-    for t, (outputs, names) in enumerate(zip(task_outputs, recipe.model.head.tasks)):
-        d = decode_task(outputs, recipe, t)
-        parts.append(Detections(d.boxes, d.scores, d.labels + offset))
-        offset += len(names)
+    # Untrained weights give log sizes past float32's exp range: infinite boxes, whose NMS arithmetic yields NaN, as
+    # torch's would, silently (they lose every IoU comparison, as in upstream's kernel).
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t, (outputs, names) in enumerate(zip(task_outputs, recipe.model.head.tasks)):
+            d = decode_task(outputs, recipe, t)
+            parts.append(Detections(d.boxes, d.scores, d.labels + offset))
+            offset += len(names)
     return _to_bottom(Detections.concatenate(parts))
 
 

@@ -210,6 +210,8 @@ def run_infer(recipe, bundle: Path, data: Optional[os.PathLike], options: Runtim
             "stages": runtime.describe(), "frames": ids, "skipped": skipped,
             "boxes_per_frame": counts, "seconds": summarize_seconds(per_frame),
         }
+        if pred_dir is not None and hasattr(fmt, "write_results"):     # formats with one results file per run
+            summary["results"] = str(fmt.write_results(dataset, pred_dir, ids, recipe))
         ap = fmt.evaluate(dataset, pred_dir, ids) if pred_dir is not None else None
         if ap is not None:
             summary["ap"] = str(ap)

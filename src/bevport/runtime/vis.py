@@ -619,6 +619,26 @@ def camera_image(image, calib, pred_boxes, pred_labels, pred_scores, gt_boxes=No
     return out
 
 
+def image_grid(images: Sequence[Image.Image], names: Sequence[str], columns: int,
+               tile_width: int = 800) -> Image.Image:
+    """Camera pictures in rows of `columns` tiles, each scaled to `tile_width` (aspect kept) with its name in the
+    top-left corner."""
+    tiles = [_rgb(im) for im in images]
+    tile_h = max(int(round(t.height * tile_width / t.width)) for t in tiles)
+    gap = 4
+    rows = -(-len(tiles) // columns)
+    grid = Image.new("RGB", (columns * tile_width + (columns - 1) * gap, rows * tile_h + (rows - 1) * gap),
+                     (10, 11, 14))
+    font = max(10, int(round(tile_h / 22)))
+    for n, (tile, name) in enumerate(zip(tiles, names)):
+        tile = tile.resize((tile_width, int(round(tile.height * tile_width / tile.width))), _RESAMPLE.BILINEAR)
+        x, y = (n % columns) * (tile_width + gap), (n // columns) * (tile_h + gap)
+        grid.paste(tile, (x, y))
+        _tag(grid, _tag_rect(grid, (x + 6, y + 6 + text_size(name, font)[1] + 2 * max(2, font // 6)), name, font),
+             name, font, TEXT_COLOR)
+    return grid
+
+
 # ---------------------------------------------------------------------------------------------------------- frame
 
 def frame_picture(camera, bev, frame_id=None, detections: Optional[int] = None,
