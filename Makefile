@@ -7,6 +7,7 @@ WORK   ?= work/demo
 install:            ## torch's CPU wheel first (a bare `torch` requirement pulls CUDA), then bevport with its extras
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	$(PYTHON) -m pip install --quiet -e '.[export,dev]'
+	$(PYTHON) -m pip install --quiet --no-deps nuscenes-devkit==1.2.0   # its deps: the `nuscenes` extra (pyproject)
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 

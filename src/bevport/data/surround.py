@@ -10,7 +10,8 @@ file `nuscenes_infos_val.pkl` with mmdet3d's keys (per camera `data_path` as `./
 `cam_intrinsic`, `sensor2lidar_rotation/translation`, the sensor and ego poses; per sample `gt_boxes` [N,7] =
 (x, y, z of the box centre, w, l, h, -yaw - pi/2) in the LIDAR_TOP frame, `gt_names`, `gt_velocity`, ...). The
 LIDAR_TOP frame is nuScenes': x to the car's right, y forward, z up, 1.84 m above the ground. No point clouds are
-written (the camera-only model reads none). `num_lidar_pts`, which upstream's validation requires to be > 0 for an
+written (the camera-only model reads none). Beside the info file, the official tables `v1.0-synthetic/*.json` hold
+the same samples (`bevport.data.nuscenes_tables`), so nuScenes' own evaluation can score results on them. `num_lidar_pts`, which upstream's validation requires to be > 0 for an
 object to count, holds instead the pixels the object covers over the six images: an object no camera sees does not
 count, as one no LiDAR ray hits does not in nuScenes; `valid_flag` is the same test.
 """
@@ -27,14 +28,17 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 
 from bevport.data import scenes
+from bevport.data.nuscenes_tables import TableCamera, TableSample, write_tables
+from bevport.data.nuscenes_tables import rotation_quaternion as quaternion
 from bevport.data.scenes import ObjectClass, SceneParams
 from bevport.errors import DatasetError
 from bevport.fsutil import atomic_output_dir, atomic_write_bytes
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2                   # 2: the official tables beside the info file
 INFO_FILE = "nuscenes_infos_val.pkl"
 METADATA_FILE = "bevport_synthetic.json"
 SCENE_NAME = "bevport-synthetic"
+VERSION = "v1.0-synthetic"                    # the info files' metadata and the tables' folder
 
 # nuScenes' six cameras in converter order (name, fx, cx, cy, mount (ego x, y, z), optical-axis yaw and down-tilt in
 # degrees), from a v1.0 vehicle's calibrated_sensor records; all 1600 x 900.
@@ -182,16 +186,6 @@ def _camera_info(camera: Camera, path: str, timestamp: int) -> Dict[str, object]
             "cam_intrinsic": camera.K}
 
 
-def quaternion(rotation: np.ndarray) -> List[float]:
-    """[w, x, y, z] of a rotation matrix (nuScenes' order)."""
-    m = np.asarray(rotation, np.float64)
-    w = math.sqrt(max(0.0, 1.0 + m[0, 0] + m[1, 1] + m[2, 2])) / 2
-    x = math.copysign(math.sqrt(max(0.0, 1.0 + m[0, 0] - m[1, 1] - m[2, 2])) / 2, m[2, 1] - m[1, 2])
-    y = math.copysign(math.sqrt(max(0.0, 1.0 - m[0, 0] + m[1, 1] - m[2, 2])) / 2, m[0, 2] - m[2, 0])
-    z = math.copysign(math.sqrt(max(0.0, 1.0 - m[0, 0] - m[1, 1] + m[2, 2])) / 2, m[1, 0] - m[0, 1])
-    return [w, x, y, z]
-
-
 def sample_info(scene: SurroundScene, token: str, timestamp: int, paths: Dict[str, str]) -> Dict[str, object]:
     """The scene's entry of the info file, as mmdet3d's converter writes one."""
     lidar_boxes = to_lidar(scene.boxes)
@@ -210,6 +204,14 @@ def sample_info(scene: SurroundScene, token: str, timestamp: int, paths: Dict[st
     }
 
 
+def table_sample(scene: SurroundScene, info: Dict[str, object], paths: Dict[str, str]) -> TableSample:
+    """The scene as the official tables hold it (the ego pose is the identity: global = ego frame)."""
+    cameras = [TableCamera(c.name, paths[c.name].replace("./data/nuscenes/", ""), c.K, c.camera2ego, IMAGE_SIZE)
+               for c in scene.cameras]
+    return TableSample(str(info["token"]), int(info["timestamp"]), f"{SCENE_NAME}-{info['token']}", cameras,
+                       lidar2ego(), scene.boxes, list(scene.names), np.asarray(info["num_lidar_pts"]))
+
+
 def write_synthetic_surround(out: Union[str, Path], frames: int, seed: int, *, overwrite: bool = False,
                              params: Optional[SurroundParams] = None, progress=None) -> Path:
     """Write frames 0..frames-1 of dataset `seed` in nuScenes' layout (samples/CAM_*/ and the info file), built
@@ -223,7 +225,7 @@ def write_synthetic_surround(out: Union[str, Path], frames: int, seed: int, *, o
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise DatasetError(f"{out} already exists and is not empty",
                            "choose another folder, delete it, or pass overwrite=True (--overwrite)")
-    infos = []
+    infos, tables = [], []
     with atomic_output_dir(out) as tmp:
         for index in range(frames):
             scene = make_scene(seed, index, params)
@@ -235,9 +237,11 @@ def write_synthetic_surround(out: Union[str, Path], frames: int, seed: int, *, o
                 image.save(tmp / relative, quality=92)
                 paths[name] = f"./data/nuscenes/{relative}"
             infos.append(sample_info(scene, f"{seed:04d}{index:028x}", timestamp, paths))
+            tables.append(table_sample(scene, infos[-1], paths))
             if progress is not None:
                 progress(index + 1, frames)
-        atomic_write_bytes(tmp / INFO_FILE, pickle.dumps({"infos": infos, "metadata": {"version": "v1.0-synthetic"}},
+        write_tables(tmp, VERSION, tables, dataset=f"{SCENE_NAME}-{seed}")
+        atomic_write_bytes(tmp / INFO_FILE, pickle.dumps({"infos": infos, "metadata": {"version": VERSION}},
                                                          protocol=2))
         meta = {"generator": "bevport.data.surround", "version": GENERATOR_VERSION, "seed": int(seed),
                 "frames": int(frames), "layout": "nuscenes-infos", "params": dataclasses.asdict(params)}

@@ -2,8 +2,9 @@
 the same layout, prediction writers, the evaluator that goes with the format's labels, and the picture of a frame.
 
 A format module provides `open_dataset(recipe, root, split)`, `write_synthetic(out, frames, seed, overwrite,
-progress)`, `write_predictions(pred_dir, frame, detections, recipe)`, `evaluate(dataset, pred_dir, ids)` (the AP file,
-or None without labels), `ground_truth(frame, class_names)` and `picture(recipe, frame, detections, show_gt,
+progress)`, `write_predictions(pred_dir, frame, detections, recipe)`, `evaluate(dataset, pred_dir, ids, warn)` (the
+metrics file, or None without labels), optionally `write_results(dataset, pred_dir, ids, recipe)` (one results file
+per run), `ground_truth(frame, class_names)` and `picture(recipe, frame, detections, show_gt,
 latency_ms)`."""
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ def has_labels(dataset: Dataset) -> bool:
     return dataset.layout == "kitti" and (dataset.data_root / "label_2").is_dir()
 
 
-def evaluate(dataset: Dataset, pred_dir: os.PathLike, ids: Sequence[str]) -> Optional[Path]:
+def evaluate(dataset: Dataset, pred_dir: os.PathLike, ids: Sequence[str],
+             warn: Callable[[str], None] = lambda m: None) -> Optional[Path]:
     """KITTI R40 AP of the predictions of `ids` into `<pred_dir>/ap.json`, when the dataset has KITTI labels."""
     if not has_labels(dataset):
         return None

@@ -164,9 +164,47 @@ def write_results(dataset: NuScenesDataset, pred_dir: os.PathLike, ids: Sequence
     return path
 
 
-def evaluate(dataset: NuScenesDataset, pred_dir: os.PathLike, ids: Sequence[str]) -> Optional[Path]:
-    """Nothing yet: the official metrics need the nuScenes tables (see the README)."""
+def tables_folder(dataset: NuScenesDataset, ids: Sequence[str]) -> Optional[Path]:
+    """The official tables' folder under the dataset root (`v1.0-*/` with sample.json) that holds the samples `ids`,
+    or None."""
+    for folder in sorted(dataset.root.glob("v1.0-*")):
+        table = folder / "sample.json"
+        if table.is_file():
+            try:
+                tokens = {record["token"] for record in json.loads(table.read_text())}
+            except (OSError, ValueError, KeyError, TypeError):
+                raise DatasetError(f"{table}: not a nuScenes sample table") from None
+            if set(ids) <= tokens:
+                return folder
     return None
+
+
+def evaluate(dataset: NuScenesDataset, pred_dir: os.PathLike, ids: Sequence[str],
+             warn: Callable[[str], None] = lambda m: None) -> Optional[Path]:
+    """`<pred_dir>/metrics_summary.json`: nuScenes' mAP, NDS and TP errors of the run's samples, scored by the
+    nuScenes devkit against the official tables beside the info file. None (with the reason given to `warn`) when
+    the dataset root has no tables holding these samples or the devkit is not installed."""
+    folder = tables_folder(dataset, ids)
+    if folder is None:
+        warn(f"{dataset.root}: no nuScenes tables (v1.0-*/sample.json) holding these samples, so no metrics; the "
+             f"predictions are in {Path(pred_dir) / RESULTS_FILE}")
+        return None
+    try:
+        import nuscenes.eval.common.loaders as loaders
+    except ImportError:
+        warn("no metrics: the nuScenes devkit is not installed (pip install nuscenes-devkit); the predictions are in "
+             f"{Path(pred_dir) / RESULTS_FILE}")
+        return None
+    if not hasattr(loaders, "load_gt_of_sample_tokens"):
+        warn("no metrics: scoring a subset of samples needs nuscenes-devkit >= 1.2 (pip install -U nuscenes-devkit)")
+        return None
+    from bevport.fsutil import atomic_write_bytes
+    from bevport.runtime.nuscenes import detection_metrics
+
+    summary = detection_metrics(dataset.root, folder.name, Path(pred_dir) / RESULTS_FILE, ids)
+    path = Path(pred_dir) / "metrics_summary.json"
+    atomic_write_bytes(path, (json.dumps(summary, indent=2) + "\n").encode())
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------- pictures

@@ -212,7 +212,7 @@ def run_infer(recipe, bundle: Path, data: Optional[os.PathLike], options: Runtim
         }
         if pred_dir is not None and hasattr(fmt, "write_results"):     # formats with one results file per run
             summary["results"] = str(fmt.write_results(dataset, pred_dir, ids, recipe))
-        ap = fmt.evaluate(dataset, pred_dir, ids) if pred_dir is not None else None
+        ap = fmt.evaluate(dataset, pred_dir, ids, warn=warn) if pred_dir is not None else None
         if ap is not None:
             summary["ap"] = str(ap)
     if pred_dir is not None:

@@ -13,6 +13,7 @@ Per box (upstream `output_to_nusc_box` + `lidar_nusc_box_to_global`, commit 3266
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Sequence
 
 import numpy as np
@@ -82,3 +83,39 @@ def results_entries(token: str, boxes: np.ndarray, scores: np.ndarray, labels: n
                 "attribute_name": attribute(name, float(np.hypot(velocity[0], velocity[1]))),
             })
     return entries
+
+
+def detection_metrics(root: Path, version: str, results: Path, sample_tokens: Sequence[str]) -> Dict:
+    """nuScenes' detection metrics (mAP, NDS, the TP errors per class) of `results` on `sample_tokens`, computed by the
+    nuScenes devkit (>= 1.2) with the `detection_cvpr_2019` configuration upstream evaluates with: its loaders, range
+    and point filters, matching and AP/TP code, on exactly the samples given (the devkit's own entry point insists
+    on a whole split)."""
+    import contextlib
+    import io
+    import os
+
+    from nuscenes import NuScenes
+    from nuscenes.eval.common.loaders import (add_center_dist, filter_eval_boxes, load_gt_of_sample_tokens,
+                                              load_prediction_of_sample_tokens)
+    from nuscenes.eval.detection.config import config_factory
+    from nuscenes.eval.detection.data_classes import DetectionBox
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    config = config_factory("detection_cvpr_2019")
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):   # its progress bars and prints
+        nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+        evaluation = DetectionEval.__new__(DetectionEval)      # its __init__ would load a whole predefined split
+        evaluation.nusc, evaluation.cfg, evaluation.verbose = nusc, config, False
+        evaluation.result_path, evaluation.output_dir = str(results), os.path.dirname(str(results))
+        predictions, _ = load_prediction_of_sample_tokens(str(results), config.max_boxes_per_sample, DetectionBox,
+                                                          list(sample_tokens))
+        truth = load_gt_of_sample_tokens(nusc, list(sample_tokens), DetectionBox)
+        evaluation.pred_boxes = filter_eval_boxes(nusc, add_center_dist(nusc, predictions), config.class_range)
+        evaluation.gt_boxes = filter_eval_boxes(nusc, add_center_dist(nusc, truth), config.class_range)
+        evaluation.sample_tokens = evaluation.gt_boxes.sample_tokens
+        metrics, _ = evaluation.evaluate()
+    summary = metrics.serialize()
+    summary["samples"] = len(sample_tokens)
+    summary["config"] = "detection_cvpr_2019"
+    return summary
