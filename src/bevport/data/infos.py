@@ -175,6 +175,14 @@ def quaternion_matrix(q: Sequence[float]) -> np.ndarray:
                      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
 
 
+def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a * b of quaternions [w, x, y, z] (a applied after b)."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return np.array([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw])
+
+
 def _pose(info: dict, prefix: str, where: str) -> Optional[Pose]:
     """The transform of `<prefix>_rotation` (quaternion wxyz) and `<prefix>_translation`, or None if absent."""
     if f"{prefix}_rotation" not in info and f"{prefix}_translation" not in info:
@@ -232,10 +240,12 @@ def parse_sample(info: Any, root: Path, camera_names: Sequence[str], source: str
 
 
 def read_infos(path: Path, root: Path, camera_names: Sequence[str]) -> List[Sample]:
-    """Every sample of an info file, in file order."""
+    """Every sample of an info file, in timestamp order as upstream's NuScenesDataset orders them."""
     data = load_plain_pickle(path)
     infos = data.get("infos") if isinstance(data, dict) else data
     if not isinstance(infos, list):
         raise DatasetError(f"{path}: expected {{'infos': [...]}} or a list of samples, got {type(data).__name__}",
                            "pass the info file the nuScenes converter wrote (e.g. nuscenes_infos_val.pkl)")
+    if all(isinstance(info, dict) and "timestamp" in info for info in infos):
+        infos = sorted(infos, key=lambda info: info["timestamp"])     # upstream's dataset sorts them so (stable)
     return [parse_sample(info, Path(root), camera_names, str(path), i) for i, info in enumerate(infos)]

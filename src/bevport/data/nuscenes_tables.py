@@ -156,3 +156,165 @@ def write_tables(root: Path, version: str, samples: Sequence[TableSample], datas
     mask = Path(root) / tables["map"][0]["filename"]
     mask.parent.mkdir(parents=True, exist_ok=True)
     mask.write_bytes(_mask_png())
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+
+# nuScenes category -> detection class, as mmdet3d's converter and the devkit map them; other categories keep their
+# own name (and count for nothing), as in the converter's info files.
+NAME_MAPPING = {"movable_object.barrier": "barrier", "vehicle.bicycle": "bicycle", "vehicle.bus.bendy": "bus",
+                "vehicle.bus.rigid": "bus", "vehicle.car": "car", "vehicle.construction": "construction_vehicle",
+                "vehicle.motorcycle": "motorcycle", "human.pedestrian.adult": "pedestrian",
+                "human.pedestrian.child": "pedestrian", "human.pedestrian.construction_worker": "pedestrian",
+                "human.pedestrian.police_officer": "pedestrian", "movable_object.trafficcone": "traffic_cone",
+                "vehicle.trailer": "trailer", "vehicle.truck": "truck"}
+
+
+def table_versions(root: Path) -> List[Path]:
+    """The `v1.0-*` folders under a nuScenes root that hold tables (sample.json)."""
+    return sorted(p for p in Path(root).glob("v1.0-*") if (p / "sample.json").is_file())
+
+
+class Tables:
+    """The tables of one version folder, indexed by token (what the converter reads of them, as plain JSON)."""
+
+    NAMES = ("sample", "sample_data", "sample_annotation", "calibrated_sensor", "sensor", "ego_pose", "instance",
+             "category")
+
+    def __init__(self, folder: Path):
+        from bevport.errors import DatasetError
+
+        self.folder = Path(folder)
+        self.rows: Dict[str, Dict[str, Dict]] = {}
+        for name in self.NAMES:
+            path = self.folder / f"{name}.json"
+            try:
+                self.rows[name] = {r["token"]: r for r in json.loads(path.read_text())}
+            except FileNotFoundError:
+                raise DatasetError(f"{path} not found", "a nuScenes version folder holds all 13 tables") from None
+            except (ValueError, KeyError, TypeError) as exc:
+                raise DatasetError(f"{path}: not a nuScenes table ({type(exc).__name__}: {exc})") from None
+        self.channel = {}                                   # sample_data token -> sensor channel
+        self.sample_data: Dict[str, Dict[str, str]] = {t: {} for t in self.rows["sample"]}
+        self.annotations: Dict[str, List[str]] = {t: [] for t in self.rows["sample"]}
+        for token, record in self.rows["sample_data"].items():
+            sensor = self.rows["sensor"][self.rows["calibrated_sensor"][record["calibrated_sensor_token"]]
+                                         ["sensor_token"]]
+            self.channel[token] = sensor["channel"]
+            if record["is_key_frame"]:
+                self.sample_data[record["sample_token"]][sensor["channel"]] = token
+        for token, record in self.rows["sample_annotation"].items():
+            self.annotations[record["sample_token"]].append(token)
+
+    def get(self, table: str, token: str) -> Dict:
+        return self.rows[table][token]
+
+    def category(self, annotation: Dict) -> str:
+        return self.get("category", self.get("instance", annotation["instance_token"])["category_token"])["name"]
+
+
+def _pose(record: Dict):
+    from bevport.data.infos import Pose
+
+    return Pose(np.asarray(record["rotation"], np.float64) / np.linalg.norm(record["rotation"]),
+                np.asarray(record["translation"], np.float64))
+
+
+def yaw_of(q: np.ndarray) -> float:
+    """pyquaternion's `yaw_pitch_roll[0]` (what the converter stores): atan2(2(wz - xy), 1 - 2(y^2 + z^2))."""
+    w, x, y, z = q / np.linalg.norm(q)
+    return math.atan2(2 * (w * z - x * y), 1 - 2 * (y * y + z * z))
+
+
+def box_velocity(tables: Tables, annotation: Dict, max_time_diff: float = 1.5) -> np.ndarray:
+    """The devkit's `box_velocity`: centred difference over the previous and next annotations (global frame), NaN
+    for a lone annotation or a gap over 1.5 s (3 s centred)."""
+    has_prev, has_next = annotation["prev"] != "", annotation["next"] != ""
+    if not has_prev and not has_next:
+        return np.full(3, np.nan)
+    first = tables.get("sample_annotation", annotation["prev"]) if has_prev else annotation
+    last = tables.get("sample_annotation", annotation["next"]) if has_next else annotation
+    span = 1e-6 * (tables.get("sample", last["sample_token"])["timestamp"] -
+                   tables.get("sample", first["sample_token"])["timestamp"])
+    if span > max_time_diff * (2 if has_prev and has_next else 1):
+        return np.full(3, np.nan)
+    return (np.asarray(last["translation"], np.float64) - np.asarray(first["translation"], np.float64)) / span
+
+
+def _camera_info(tables: Tables, token: str, l2e, e2g) -> Dict:
+    """One camera's info entry as mmdet3d's `obtain_sensor2top` computes it (row-vector form, its operation order)."""
+    from bevport.data.infos import quaternion_matrix
+
+    record = tables.get("sample_data", token)
+    calibrated = tables.get("calibrated_sensor", record["calibrated_sensor_token"])
+    pose = tables.get("ego_pose", record["ego_pose_token"])
+    l2e_r_s, e2g_r_s = quaternion_matrix(calibrated["rotation"]), quaternion_matrix(pose["rotation"])
+    l2e_t_s, e2g_t_s = np.asarray(calibrated["translation"], float), np.asarray(pose["translation"], float)
+    l2e_r, e2g_r = l2e.rotation_matrix, e2g.rotation_matrix
+    to_lidar = np.linalg.inv(e2g_r).T @ np.linalg.inv(l2e_r).T
+    rotation = (l2e_r_s.T @ e2g_r_s.T) @ to_lidar
+    translation = (l2e_t_s @ e2g_r_s.T + e2g_t_s) @ to_lidar
+    translation -= e2g.translation @ to_lidar + l2e.translation @ np.linalg.inv(l2e_r).T
+    return {"data_path": record["filename"], "type": tables.channel[token], "sample_data_token": token,
+            "sensor2ego_translation": calibrated["translation"], "sensor2ego_rotation": calibrated["rotation"],
+            "ego2global_translation": pose["translation"], "ego2global_rotation": pose["rotation"],
+            "timestamp": record["timestamp"], "sensor2lidar_rotation": rotation.T,
+            "sensor2lidar_translation": translation, "cam_intrinsic": np.asarray(calibrated["camera_intrinsic"])}
+
+
+def _boxes(tables: Tables, tokens: Sequence[str], l2e, e2g) -> Dict:
+    """gt_boxes / names / velocity / point counts of a sample's annotations in the LiDAR frame, as the converter
+    writes them: centre, (w, l, h), -yaw - pi/2 with pyquaternion's yaw of the box turned into the LiDAR frame."""
+    from bevport.data.infos import quaternion_matrix, quaternion_multiply
+
+    def inverse(q):
+        return np.array([q[0], -q[1], -q[2], -q[3]]) / np.dot(q, q)
+
+    boxes, names, velocity, lidar_pts, radar_pts = [], [], [], [], []
+    for token in tokens:
+        ann = tables.get("sample_annotation", token)
+        centre, orientation = np.asarray(ann["translation"], float), np.asarray(ann["rotation"], float)
+        for pose in (e2g, l2e):                 # global -> ego (the LiDAR's ego pose) -> LIDAR_TOP
+            q = inverse(pose.rotation)
+            centre = quaternion_matrix(q) @ (centre - pose.translation)
+            orientation = quaternion_multiply(q, orientation)
+        boxes.append([*centre, *ann["size"], -yaw_of(orientation) - np.pi / 2])
+        category = tables.category(ann)
+        names.append(NAME_MAPPING.get(category, category))
+        velo = np.array([*box_velocity(tables, ann)[:2], 0.0])
+        velocity.append((velo @ np.linalg.inv(e2g.rotation_matrix).T @ np.linalg.inv(l2e.rotation_matrix).T)[:2])
+        lidar_pts.append(ann["num_lidar_pts"])
+        radar_pts.append(ann["num_radar_pts"])
+    lidar_pts, radar_pts = np.asarray(lidar_pts, np.int64), np.asarray(radar_pts, np.int64)
+    return {"gt_boxes": np.asarray(boxes, np.float64).reshape(-1, 7), "gt_names": np.array(names),
+            "gt_velocity": np.asarray(velocity, np.float64).reshape(-1, 2), "num_lidar_pts": lidar_pts,
+            "num_radar_pts": radar_pts, "valid_flag": (lidar_pts + radar_pts) > 0}
+
+
+def sample_info(tables: Tables, token: str, camera_names: Sequence[str]) -> Dict:
+    """The info entry mmdet3d's nuScenes converter writes for sample `token` (the keys the camera-only recipe reads),
+    computed from the tables: every camera's sensor -> LiDAR transform through the global frame at the camera's own
+    time, the LiDAR's calibration and ego pose, and the labels in the LiDAR frame."""
+    from bevport.errors import DatasetError
+
+    sample = tables.get("sample", token)
+    data = tables.sample_data[token]
+    missing = [c for c in ["LIDAR_TOP", *camera_names] if c not in data]
+    if missing:
+        raise DatasetError(f"{tables.folder}: sample {token} has no key frame of {', '.join(missing)}")
+    lidar = tables.get("sample_data", data["LIDAR_TOP"])
+    l2e = _pose(tables.get("calibrated_sensor", lidar["calibrated_sensor_token"]))
+    e2g = _pose(tables.get("ego_pose", lidar["ego_pose_token"]))
+    info = {"token": token, "timestamp": sample["timestamp"], "lidar_path": lidar["filename"],
+            "lidar2ego_translation": l2e.translation.tolist(), "lidar2ego_rotation": l2e.rotation.tolist(),
+            "ego2global_translation": e2g.translation.tolist(), "ego2global_rotation": e2g.rotation.tolist(),
+            "cams": {c: _camera_info(tables, data[c], l2e, e2g) for c in camera_names}}
+    info.update(_boxes(tables, tables.annotations[token], l2e, e2g))
+    return info
+
+
+def read_table_infos(folder: Path, camera_names: Sequence[str]) -> List[Dict]:
+    """Info entries of every sample of a version folder, in timestamp order (as upstream's dataset sorts them)."""
+    tables = Tables(folder)
+    order = sorted(tables.rows["sample"].values(), key=lambda s: s["timestamp"])
+    return [sample_info(tables, s["token"], camera_names) for s in order]

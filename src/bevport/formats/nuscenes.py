@@ -28,7 +28,8 @@ INFO_NAMES = ("nuscenes_infos_{split}.pkl", "nuscenes_infos_{split}_radar.pkl") 
 
 
 class NuScenesDataset:
-    """The samples of one info file: `ids` (sample tokens) in file order, `frame(i_or_token)` to read one."""
+    """The samples of an info file or of a tables version folder (`info_path`): `ids` (sample tokens) in timestamp
+    order, `frame(i_or_token)` to read one."""
 
     layout = "nuscenes-infos"
 
@@ -71,29 +72,56 @@ class NuScenesDataset:
         return self._index[key]
 
 
-def info_file(root: Path, split: Optional[str]) -> Path:
-    """The info file of `split` (default val) under `root`, or `split` itself when it names a .pkl file."""
+def info_file(root: Path, split: Optional[str]) -> Optional[Path]:
+    """The info file of `split` (default val) under `root`, or `split` itself when it names a .pkl file; None if
+    there is none."""
     if split is not None and split.endswith(".pkl"):
         candidates = [Path(split), root / split]
     else:
         candidates = [root / name.format(split=split or "val") for name in INFO_NAMES]
-    found = next((p for p in candidates if p.is_file()), None)
-    if found is None:
-        raise DatasetError(f"{root}: no info file ({', '.join(str(p) for p in candidates)})",
-                           "make it with the nuScenes converter (tools/create_data.py nuscenes), or pass its path as "
-                           "the split")
-    return found
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def tables_source(root: Path, split: Optional[str]) -> Optional[Path]:
+    """The official tables' version folder to read frames from: `split` when it names one (v1.0-mini, ...), else the
+    only one under `root`; None when the root has none."""
+    from bevport.data.nuscenes_tables import table_versions
+
+    versions = table_versions(root)
+    if split is not None:
+        return next((v for v in versions if v.name == split), None)
+    if len(versions) > 1:
+        raise DatasetError(f"{root}: several nuScenes versions ({', '.join(v.name for v in versions)}) and no info file",
+                           "pick one with --split (e.g. --split v1.0-mini)")
+    return versions[0] if versions else None
 
 
 def open_dataset(recipe, root: os.PathLike, split: Optional[str] = None) -> NuScenesDataset:
+    """The frames of an info file (mmdet3d's converter output: `nuscenes_infos_<split>.pkl`, default val), or, without
+    one, of the official tables (`--split v1.0-mini` picks a version), converted as the converter converts them."""
+    from bevport.data.infos import parse_sample
+    from bevport.data.nuscenes_tables import read_table_infos
+
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}",
-                           "expected a nuScenes root with samples/CAM_*/ and an info file (nuscenes_infos_val.pkl)")
-    path = info_file(root, split)
-    samples = read_infos(path, root, list(recipe.input.camera_names))
+                           "expected a nuScenes root with samples/CAM_*/ and an info file (nuscenes_infos_val.pkl) "
+                           "or the tables (v1.0-*/)")
+    cameras = list(recipe.input.camera_names)
+    path = None if split is not None and split.startswith("v1.0-") else info_file(root, split)
+    if path is not None:
+        samples = read_infos(path, root, cameras)
+    else:
+        folder = tables_source(root, split)
+        if folder is None:
+            raise DatasetError(f"{root}: no info file ({', '.join(n.format(split=split or 'val') for n in INFO_NAMES)}) "
+                               f"and no nuScenes tables (v1.0-*/sample.json){f' named {split}' if split else ''}",
+                               "point --data at a nuScenes root, or pass an info file's path as --split")
+        path = folder
+        samples = [parse_sample(info, root, cameras, str(folder), i)
+                   for i, info in enumerate(read_table_infos(folder, cameras))]
     if not samples:
-        raise DatasetError(f"{path}: the info file lists no samples")
+        raise DatasetError(f"{path}: no samples")
     return NuScenesDataset(root, path, samples)
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Dict, List, Sequence
 
 import numpy as np
 
+from bevport.data.infos import quaternion_multiply
+
 # detection_cvpr_2019's class_range (metres, BEV distance to the ego): boxes further out are not submitted.
 CLASS_RANGE = {"car": 50, "truck": 50, "bus": 50, "trailer": 50, "construction_vehicle": 50, "pedestrian": 40,
                "motorcycle": 40, "bicycle": 40, "traffic_cone": 30, "barrier": 30}
@@ -29,14 +31,6 @@ MOVING_SPEED = 0.2
 
 if TYPE_CHECKING:  # pragma: no cover
     from bevport.data.infos import Pose
-
-
-def quaternion_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product a * b of quaternions [w, x, y, z] (a applied after b)."""
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b
-    return np.array([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw])
 
 
 def attribute(name: str, speed: float) -> str:
