@@ -1,5 +1,7 @@
-"""Camera-only BEVFusion (`bevfusion-cam-swint`) on this CPU: bevport's pool tables against a sort-based pooling in
-Qualcomm AI Hub's style, and the five parts' latency at FP32 (f32), FP32 (device default) and INT8.
+"""Camera-only BEVFusion (bevfusion-cam-swint) on this CPU: table vs sort-based pooling, and per-part latency.
+
+bevport's pool tables against a sort-based pooling in Qualcomm AI Hub's style, and the five parts' latency at FP32
+(f32), FP32 (device default) and INT8.
 
     python benchmarks/camera_only.py [--runs 10] [--parts/--no-parts] [--frames 3] [--calib-frames 4]
                                      [--model-dir IR_FOLDER] [--out benchmarks/results/camera_only.json]
@@ -22,27 +24,32 @@ float64. The prefix sums over 2 M rows lose precision in float32, and cell indic
 points that lie close to a cell border into the neighbouring cell.
 
 Parts (`parts`, on unless --no-parts): the model folder is built in a temporary directory with bevport's own APIs
-(untimed): a synthetic checkpoint of random weights (seed 0; latency does not depend on the values), export, the
-synthetic surround scenes of seed 0, calibration on --calib-frames of them (+1 held out), quantization; or
---model-dir reuses a `bevport quantize` folder. Then `bevport.runtime.bench.run_bench` (what `bevport bench` runs)
-times the pipeline's own stages frame by frame: three warm-up iterations, then --frames frames past the calibration
-ones, one at a time, for every part FP32 compiled with INFERENCE_PRECISION_HINT=f32, FP32 at the device's default
-precision (bf16 on AMX CPUs; where that is f32, as on this AMD host, the f32 run is recorded once and the default
-entry says `same_as`, as benchmarks/infer.py does), and INT8 (the quantized IRs). Recorded: per-part median ms,
-frame ms and frames per second (a frame: read + preprocess + five parts + decode), the CPU model and ISA, the ratio
-pool INT8 / image_encoder INT8 against the issue's goal (at most 0.2), and Qualcomm AI Hub's published per-part
-latencies beside bevport's as context only (float, on Snapdragon NPUs: other hardware, other precision).
+(untimed, in a spawned child process so that torch's and NNCF's leftovers do not share the cores with the timed
+runs): a synthetic checkpoint of random weights (seed 0; the parts' latency does not depend on the values,
+decoding's a little), export, the synthetic surround scenes of seed 0, calibration on --calib-frames of them (+1
+held out), quantization; or --model-dir reuses a `bevport quantize` folder. Then `bevport.runtime.bench.run_bench`
+(what `bevport bench` runs) times the pipeline's own stages frame by frame: three warm-up iterations, then --frames
+frames past the calibration ones, one at a time, for every part FP32 compiled with INFERENCE_PRECISION_HINT=f32,
+FP32 at the device's default precision (bf16 on AMX CPUs; where that is f32, as on this AMD host, the f32 run is
+recorded once and the default entry says `same_as`, as benchmarks/infer.py does), and INT8 (the quantized IRs).
+Recorded: per-part median ms, frame ms and frames per second (a frame: read + preprocess + five parts + decode), the
+CPU model and ISA, the ratio pool INT8 / image_encoder INT8 against the issue's goal (at most 0.2), and Qualcomm AI
+Hub's published per-part latencies beside bevport's as context only (float, on Snapdragon NPUs: other hardware,
+other precision).
 
 The machine is shared (2 cores): before starting, the script waits for the 1-min load average to fall under
 --max-load, and before each timed phase (pooling, parts) for other processes to use at most --max-other-cores
 (sampled over 10 s; the load average counts this process too); --max-wait seconds in all, then it runs anyway with a
-note. `machine` records the load averages at start and end and the other processes' CPU use during each timed phase.
+note. `load_average` records the load averages at start and end, `other_processes` the other processes' CPU use
+during each timed phase.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -191,7 +198,7 @@ def median_ms(request, feed, runs: int) -> float:
     return round(float(np.median(times)), 2)
 
 
-# ----------------------------------------------------------------------------------------------- machine load
+# ----------------------------------------------------------------------------------------- machine and source
 
 def source_state() -> Dict:
     """The commit measured, and whether bevport's sources differed from it (the numbers then belong to the work
@@ -211,12 +218,14 @@ def load_average() -> List[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def cpu_seconds() -> Tuple[float, float]:
-    """(busy CPU seconds of the whole machine since boot, this process's own CPU seconds, all its threads)."""
+def cpu_seconds() -> Tuple[float, float, float]:
+    """(busy CPU seconds of the whole machine since boot, this process's own CPU seconds with all its threads, CPU
+    seconds the hypervisor gave to other guests while this one wanted them: steal)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
     own = os.times()
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+    return (user + nice + system + irq + softirq) / tick, own.user + own.system, steal / tick
 
 
 class OthersCpu:
@@ -228,9 +237,11 @@ class OthersCpu:
         return self
 
     def __exit__(self, *exc) -> None:
-        busy, own = cpu_seconds()
-        others = (busy - self.start[0]) - (own - self.start[1])
-        self.cores = round(max(others, 0.0) / max(time.monotonic() - self.began, 1e-6), 2)
+        busy, own, steal = cpu_seconds()
+        seconds = max(time.monotonic() - self.began, 1e-6)
+        self.cores = round(max((busy - self.start[0]) - (own - self.start[1]), 0.0) / seconds, 2)
+        self.own_cores = round((own - self.start[1]) / seconds, 2)
+        self.steal_cores = round((steal - self.start[2]) / seconds, 2)
 
 
 class MachineWatch:
@@ -274,7 +285,8 @@ class MachineWatch:
         with OthersCpu() as during:
             yield
         self.phases[name] = {"waited_s": waited, "others_cores_before": before.cores,
-                             "others_cores_during": during.cores}
+                             "others_cores_during": during.cores, "own_cores_during": during.own_cores,
+                             "steal_cores_during": during.steal_cores}
         if during.cores > self.max_other_cores:
             self._note(f"{name}: other processes used {during.cores} cores of {os.cpu_count()} while it was timed: "
                        "its medians are inflated")
@@ -284,10 +296,12 @@ class MachineWatch:
         say(message)
 
     def record(self) -> Dict:
+        """The JSON's `load_average`, `other_processes` and `machine_notes`."""
         return {"load_average": dict(self.load, end=load_average()),
                 "other_processes": {"max_cores": self.max_other_cores, "phases": self.phases,
-                                    "what": "CPU time of other processes during each timed phase, in cores"},
-                "notes": self.notes}
+                                    "what": "CPU time of other processes during each timed phase, in cores; "
+                                            "own: this process's; steal: the hypervisor's other guests'"},
+                "machine_notes": self.notes}
 
 
 # ------------------------------------------------------------------------------------ pooling: tables vs sort
@@ -366,14 +380,18 @@ def write_scenes(recipe, folder: Path, frames: int) -> Path:
     return dataset_format(recipe).write_synthetic(folder, frames, SEED)
 
 
-def build_model_folder(recipe, tmp: Path, scenes: Path, calib_frames: int, warn: Callable) -> Path:
+def build_model_folder(tmp: Path, scenes: Path, calib_frames: int) -> Tuple[Path, List[str]]:
     """synth-ckpt -> export -> calibrate -> quantize with bevport's Python APIs, as the tests call them; returns
-    the `bevport quantize` folder (FP32 and INT8 IRs + frustum.npy)."""
+    the `bevport quantize` folder (FP32 and INT8 IRs + frustum.npy) and the warnings said on the way."""
     from bevport.export.onnx_export import export
     from bevport.models.synthetic import write_synthetic_checkpoint
     from bevport.quantize.calibrate import calibrate
     from bevport.quantize.ptq import quantize
+    from bevport.recipe import load_recipe
 
+    recipe = load_recipe(RECIPE)
+    warnings: List[str] = []
+    warn = warnings.append
     say("synthetic checkpoint (random weights, seed 0)")
     write_synthetic_checkpoint(recipe, SEED, tmp / "cam.pth")
     say("export")
@@ -385,7 +403,19 @@ def build_model_folder(recipe, tmp: Path, scenes: Path, calib_frames: int, warn:
     # in the pipeline anyway; skipping it keeps the script within its time budget on 2 cores
     say("quantize (NNCF)")
     quantize(recipe, tmp / "onnx", tmp / "calib", tmp / "ir", report=False, progress=say, warn=warn)
-    return tmp / "ir"
+    return tmp / "ir", warnings
+
+
+def build_in_child(tmp: Path, scenes: Path, calib_frames: int, warn: Callable) -> Path:
+    """build_model_folder in a fresh (spawned) process: export and NNCF leave torch's and NNCF's state (thread
+    pools, gigabytes of memory) in the process that ran them, and the timed runs should not share the 2 cores or the
+    memory with any of it."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as child:
+        bundle, warnings = child.submit(build_model_folder, tmp, scenes, calib_frames).result()
+    for message in warnings:
+        warn(message)
+    return bundle
 
 
 # ------------------------------------------------------------------------------------ parts: measurement
@@ -397,11 +427,8 @@ def run_part_bench(recipe, bundle: Path, scenes: Path, first_frame: int, frames:
     from bevport.runtime.bench import run_bench
     from bevport.runtime.infer import RuntimeOptions
 
-    # random weights give head maps whose boxes overflow float32 in NMS's area arithmetic: NumPy's warnings about it
-    # say nothing about latency, so they are silenced here (decoding still runs, and is timed, in full)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return run_bench(recipe, bundle, scenes, RuntimeOptions(cache_dir=None), list(PRECISIONS), frames=frames,
-                         first_frame=first_frame, progress=say, warn=warn)
+    return run_bench(recipe, bundle, scenes, RuntimeOptions(cache_dir=None), list(PRECISIONS), frames=frames,
+                     first_frame=first_frame, progress=say, warn=warn)
 
 
 def precision_summary(entry: Dict) -> Dict:
@@ -485,7 +512,7 @@ def measure_parts(args, watch: MachineWatch, warn: Callable) -> Dict:
             model = {"folder": built}
         else:
             built = "built in a temporary folder"
-            bundle = build_model_folder(recipe, tmp, scenes, args.calib_frames, warn)
+            bundle = build_in_child(tmp, scenes, args.calib_frames, warn)
             model = {"folder": built, "checkpoint": f"synthetic, random weights (seed {SEED})",
                      "calibration_frames": args.calib_frames, "holdout_frames": 1}
         last = first_frame + args.frames - 1
@@ -572,12 +599,12 @@ def main() -> None:
     if args.parts:
         report["parts"] = measure_parts(args, watch, warn)
         print_parts(report["parts"])
-    report["machine"] = watch.record()
+    report.update(watch.record())
     report["seconds"] = {"pooling": round(pooling_s, 1), "script": round(time.perf_counter() - started, 1)}
     report["warnings"] = warnings
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    load = report["machine"]["load_average"]
+    load = report["load_average"]
     print(f"\nload average start {load['start']}, end {load['end']}; other processes' cores during the timed "
           f"phases {({k: v['others_cores_during'] for k, v in watch.phases.items()})}; "
           f"{report['seconds']['script']:.0f} s -> {args.out}")
