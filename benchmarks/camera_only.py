@@ -348,8 +348,7 @@ def compare_pooling(runs: int) -> Dict:
     dx, bx, _ = lss_depth.grid_params(vt["xbound"], vt["ybound"], vt["zbound"])
     baseline_model = sort_pool_model(n, d, (fh, fw), 80, (256, 256), bx - dx / np.float32(2.0), dx)
     baseline = core.compile_model(core.read_model(baseline_model.SerializeToString(), b""), "CPU", config)
-    ours_feed = dict(zip(names, (context.numpy(), depth.numpy(), tables.rows, tables.mask, tables.order,
-                                 tables.cells)))
+    ours_feed = dict(zip(names, (context.numpy(), depth.numpy()) + tables.inputs()))
     base_feed = {"geometry": geom, "depth": depth.numpy(), "context": context.numpy()}
     ours_req, base_req = ours.create_infer_request(), baseline.create_infer_request()
     result = {}
@@ -363,7 +362,8 @@ def compare_pooling(runs: int) -> Dict:
         "rig": {"cameras": n, "frustum_points": int(inside.size), "points_in_grid": tables.points,
                 "occupied_cells": tables.occupied, "groups": tables.groups,
                 "groups_per_column_needed": tables.width_needed,
-                "table_width": int(tables.rows.shape[1]), "scatter_rows": int(tables.order.size),
+                "table_width": int(tables.rows.shape[1]), "further_groups": tables.further,
+                "scatter_rows": int(tables.order.size),
                 "tables_build_s": round(tables_s, 2)},
         "pooling": result,
         "speedup": speedup,

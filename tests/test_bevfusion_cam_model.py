@@ -173,10 +173,16 @@ def test_host_geometry_and_pool_tables_reproduce_upstream_pooling(cam_model, sec
     assert tables.points == int(inside.sum()) and 0 < tables.occupied <= tables.groups
     assert tables.rows.shape == (6 * 88, tables.width_needed) and tables.mask.shape[2] == 32
     assert int(tables.mask.sum()) == tables.points                      # every point in exactly one group
-    assert len(set(tables.order.tolist())) == tables.groups == len(tables.order)   # each group read once
-    assert (tables.cells < 256 * 256).all()
-    wide = lss_depth.pool_tables(cell, inside, (256, 256), tables.width_needed + 7, tables.groups + 11)
-    assert (wide.cells[tables.groups:] == 256 * 256).all()              # padding only into the spare row
+    occupied = np.unique(cell[inside])
+    read = tables.first[occupied].tolist() + tables.order.tolist()
+    assert len(set(read)) == len(read) == tables.groups == occupied.size + tables.further   # each group read once
+    empty = np.ones(256 * 256 + 1, bool)
+    empty[occupied] = False
+    assert not tables.mask.reshape(-1, 32)[tables.first[empty]].any()  # empty cells and the spare row read zeros
+    assert (tables.cells < 256 * 256).all() and tables.further == tables.groups - occupied.size
+    wide = lss_depth.pool_tables(cell, inside, (256, 256), tables.width_needed + 7, tables.further + 11)
+    assert (wide.cells[tables.further:] == 256 * 256).all()             # padding only into the spare row
+    assert not wide.mask.reshape(-1, 32)[wide.order[tables.further:]].any()   # ... and it adds zeros
     with pytest.raises(DatasetError, match="export.pool_groups = 100"):
         lss_depth.pool_tables(cell, inside, (256, 256), 100)
     with pytest.raises(DatasetError, match="export.pool_scatter_rows = 1000"):
@@ -215,7 +221,7 @@ def test_pool_graph_in_openvino_equals_upstream_pooling(cam_model, sections, tmp
     rng = np.random.default_rng(9)
     depth = torch.from_numpy(rng.normal(size=(6, 118, 32, 88)).astype(np.float32)).softmax(dim=1)
     context = torch.from_numpy(rng.normal(size=(6, 80, 32, 88)).astype(np.float32))
-    feed = dict(zip(names, (context.numpy(), depth.numpy(), tables.rows, tables.mask, tables.order, tables.cells)))
+    feed = dict(zip(names, (context.numpy(), depth.numpy()) + tables.inputs()))
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     bev = compiled.infer_new_request(feed)[compiled.output(0)]
     with torch.no_grad():

@@ -8,9 +8,9 @@ toward zero, points outside x, y or z dropped. Inside a graph an optimiser may r
 points across cell borders; on the host the division is the division.
 
 `PoolTables` groups the points by (camera, feature column w, depth bin d, cell): the rows h of a group form a 0/1
-mask. Pooling is then a gather of depth rows, a batched MatMul with the context column, a gather of the real
-groups' sums and one scatter-add of them into the cells: fixed shapes, no sort at run time, every occupied cell
-kept, and padding lands in a spare row past the grid (never in a real cell).
+mask. Pooling is then a gather of depth rows, a batched MatMul with the context column, a gather of each cell's
+first group sum into the grid and one scatter-add of the cells' further sums: fixed shapes, no sort at run time,
+every occupied cell kept, and padding lands in a spare row past the grid (never in a real cell).
 
 The frustum itself is the checkpoint's `frustum` tensor, not recomputed: upstream computes it with torch.linspace,
 whose float32 values depend on the CPU's vector width (AVX2 and AVX-512 round a few entries differently), and
@@ -64,58 +64,78 @@ class PoolTables:
     """The rig's pooling structure, in the layout the pool graph takes, at its static sizes.
 
     Column q = n * fW + w holds up to G groups; group g of column q covers depth row `rows[q, g]` (index into the
-    depth map laid out [N * D * fW, fH]) and the feature rows h with mask[q, g, h] = 1. The group sums, flat
-    [N*fW*G, C], are read in `order` (the real groups first, R in all) and added into BEV cell `cells[r]`; padding
-    entries add into a spare row past the grid (nx * ny), never into a real cell."""
+    depth map laid out [N * D * fW, fH]) and the feature rows h with mask[q, g, h] = 1. Of the group sums, flat
+    [N*fW*G, C], each BEV cell's first is gathered (`first[cell]`: a flat slot q * G + g; cells without points,
+    and the spare row nx * ny, read an empty slot, whose sum is exactly 0) and the others are added on top:
+    `order[r]` read and added into cell `cells[r]`, padding entries adding an empty slot into the spare row. So
+    most sums are moved by a parallel gather, and the scatter-add only takes cells' second and later groups."""
     rows: np.ndarray       # [N*fW, G] int32
     mask: np.ndarray       # [N*fW, G, fH] float32, 0/1
-    order: np.ndarray      # [R] int32: flat group slot q * G + g
-    cells: np.ndarray      # [R] int32: flat BEV cell x * ny + y, or nx * ny
+    first: np.ndarray      # [nx*ny + 1] int32: flat group slot of each cell's first group, or an empty slot
+    order: np.ndarray      # [R] int32: flat group slot of every further group, then empty slots
+    cells: np.ndarray      # [R] int32: flat BEV cell x * ny + y of `order`'s groups, or nx * ny
     grid: Tuple[int, int]  # (nx, ny)
     points: int            # frustum points inside the grid
     occupied: int          # BEV cells with at least one point
-    groups: int            # real groups (entries of `order` before the padding)
+    groups: int            # real groups
+    further: int           # real entries of `order` (groups after their cell's first)
     width_needed: int      # the most groups any column has
+
+    def inputs(self) -> Tuple[np.ndarray, ...]:
+        """The tables in the pool graph's input order (after context and depth)."""
+        return self.rows, self.mask, self.first, self.order, self.cells
 
 
 def pool_tables(cell: np.ndarray, inside: np.ndarray, grid: Sequence[int], width: Optional[int] = None,
                 scatter_rows: Optional[int] = None) -> PoolTables:
     """Tables for points of shape [N, D, fH, fW] (their flat `cell` and `inside` mask), `width` groups per column
-    and `scatter_rows` group sums (default: as many as this rig needs; a rig that needs more than given is a
-    DatasetError naming the setting)."""
+    and `scatter_rows` further group sums (default: as many as this rig needs; a rig that needs more than given is
+    a DatasetError naming the setting)."""
     n_cams, depth_bins, fh, fw = inside.shape
     n, d, h, w = np.nonzero(inside)
     column = n * fw + w
-    key = (column * depth_bins + d) * (grid[0] * grid[1]) + cell[n, d, h, w]
+    spare = grid[0] * grid[1]
+    key = (column * depth_bins + d) * spare + cell[n, d, h, w]
     unique, group_of_point = np.unique(key, return_inverse=True)
-    group_column = unique // (depth_bins * grid[0] * grid[1])
+    group_column = unique // (depth_bins * spare)
     starts = np.searchsorted(group_column, np.arange(n_cams * fw))
     slot = np.arange(unique.size) - starts[group_column]              # group's place within its column
     needed = int(slot.max()) + 1 if unique.size else 1
     width = needed if width is None else int(width)
-    scatter_rows = unique.size if scatter_rows is None else int(scatter_rows)
     if needed > width:
         raise DatasetError(f"the camera rig puts up to {needed} groups of frustum points in one image column; the "
                            f"pool part takes export.pool_groups = {width}",
                            "export with a larger export.pool_groups in the recipe")
-    if unique.size > scatter_rows:
-        raise DatasetError(f"the camera rig has {unique.size} groups of frustum points; the pool part takes "
-                           f"export.pool_scatter_rows = {scatter_rows}",
+    counts = np.bincount(group_column, minlength=n_cams * fw)
+    if counts.min() >= width:                                         # no empty slot to read zeros from
+        raise DatasetError(f"every image column of the camera rig fills all export.pool_groups = {width} slots; the "
+                           "pool part needs one empty slot", "export with a larger export.pool_groups in the recipe")
+    empty = int(np.argmin(counts)) * width + int(counts.min())
+    slots = (group_column * width + slot).astype(np.int32)
+    group_cell = (unique % spare).astype(np.int32)
+    by_cell = np.argsort(group_cell, kind="stable")                   # each cell's groups together, in key order
+    is_first = np.r_[True, group_cell[by_cell][1:] != group_cell[by_cell][:-1]] if unique.size else np.zeros(0, bool)
+    further = by_cell[~is_first]
+    scatter_rows = further.size if scatter_rows is None else int(scatter_rows)
+    if further.size > scatter_rows:
+        raise DatasetError(f"the camera rig has {further.size} groups of frustum points beyond each BEV cell's first; "
+                           f"the pool part takes export.pool_scatter_rows = {scatter_rows}",
                            "export with a larger export.pool_scatter_rows in the recipe")
-    spare = grid[0] * grid[1]
     rows = np.zeros((n_cams * fw, width), np.int32)
     mask = np.zeros((n_cams * fw, width, fh), F32)
-    group_depth = (unique // (grid[0] * grid[1])) % depth_bins
+    group_depth = (unique // spare) % depth_bins
     cam, col_w = group_column // fw, group_column % fw
     rows[group_column, slot] = (cam * depth_bins + group_depth) * fw + col_w
     mask[group_column[group_of_point], slot[group_of_point], h] = 1.0
-    order = np.zeros(scatter_rows, np.int32)
+    first = np.full(spare + 1, empty, np.int32)
+    first[group_cell[by_cell[is_first]]] = slots[by_cell[is_first]]
+    order = np.full(scatter_rows, empty, np.int32)
     cells_out = np.full(scatter_rows, spare, np.int32)
-    order[:unique.size] = group_column * width + slot
-    cells_out[:unique.size] = unique % spare
+    order[:further.size] = slots[further]
+    cells_out[:further.size] = group_cell[further]
     occupied = int(np.unique(cell[inside]).size)
-    return PoolTables(rows, mask, order, cells_out, (int(grid[0]), int(grid[1])), int(n.size), occupied,
-                      int(unique.size), needed)
+    return PoolTables(rows, mask, first, order, cells_out, (int(grid[0]), int(grid[1])), int(n.size), occupied,
+                      int(unique.size), int(further.size), needed)
 
 
 def pool(tables: PoolTables, depth: np.ndarray, context: np.ndarray) -> np.ndarray:
@@ -125,8 +145,8 @@ def pool(tables: PoolTables, depth: np.ndarray, context: np.ndarray) -> np.ndarr
     depth_rows = depth.transpose(0, 1, 3, 2).reshape(n_cams * d * fw, fh)
     weights = depth_rows[tables.rows] * tables.mask                               # [N*fW, G, fH]
     columns = context.transpose(0, 3, 2, 1).reshape(n_cams * fw, fh, c)             # [N*fW, fH, C]
-    sums = np.matmul(weights, columns).reshape(-1, c)[tables.order]
+    sums = np.matmul(weights, columns).reshape(-1, c)
+    bev = sums[tables.first]                                                       # [nx*ny + 1, C]
+    np.add.at(bev, tables.cells, sums[tables.order])
     nx, ny = tables.grid
-    bev = np.zeros((nx * ny + 1, c), F32)
-    np.add.at(bev, tables.cells, sums)
     return bev[:-1].reshape(nx, ny, c).transpose(2, 0, 1)[None].astype(F32)

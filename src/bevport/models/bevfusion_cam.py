@@ -105,17 +105,17 @@ class BEVFusionCamera(nn.Module):
         return bev.reshape(1, -1, int(nx[0]), int(nx[1]))      # z slices concatenated on channels, as upstream
 
     def pool_tables(self, context: torch.Tensor, depth: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor,
-                    order: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+                    first: torch.Tensor, order: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """The `pool` part's computation over a rig's tables (`bevport.geometry.lss_depth.pool_tables`): gather
-        depth rows, batched MatMul with the context columns, the real groups' sums added into their cells
-        (padding into a spare row)."""
+        depth rows, batched MatMul with the context columns, each cell's first group sum gathered and the further
+        ones added into their cells (padding into a spare row)."""
         n, d, fh, fw = depth.shape
         c = context.shape[1]
         nx, ny = (int(v) for v in self.vtransform.nx[:2])
         weights = depth.permute(0, 1, 3, 2).reshape(n * d * fw, fh)[rows.long()] * mask
         columns = context.permute(0, 3, 2, 1).reshape(n * fw, fh, c)
-        sums = torch.matmul(weights, columns).reshape(-1, c)[order.long()]
-        bev = sums.new_zeros(nx * ny + 1, c).index_add_(0, cells.long(), sums)
+        sums = torch.matmul(weights, columns).reshape(-1, c)
+        bev = sums[first.long()].index_add_(0, cells.long(), sums[order.long()])
         return bev[:-1].reshape(nx, ny, c).permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, img: torch.Tensor, camera2lidar: torch.Tensor, intrinsics: torch.Tensor, img_aug: torch.Tensor,
@@ -211,7 +211,8 @@ def export_artifacts(model: BEVFusionCamera) -> Dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------ parity inputs and references
 
 def sample_rig_tables(recipe, frustum: np.ndarray, seed: int = 0):
-    """(rows, mask, order, cells) of the synthetic surround rig of dataset `seed`, at the recipe's static sizes."""
+    """The pool tables (rows, mask, first, order, cells) of the synthetic surround rig of dataset `seed`, at the
+    recipe's static sizes."""
     from bevport.data.imageaug import img_aug_matrix
     from bevport.data.surround import dataset_cameras
     from bevport.geometry import lss_depth
@@ -227,7 +228,7 @@ def sample_rig_tables(recipe, frustum: np.ndarray, seed: int = 0):
     cells, inside = lss_depth.cells(geom, vt.xbound, vt.ybound, vt.zbound)
     t = lss_depth.pool_tables(cells, inside, recipe.bev_shape, recipe.export.pool_groups,
                               recipe.export.pool_scatter_rows)
-    return t.rows, t.mask, t.order, t.cells
+    return t.inputs()
 
 
 def sample_inputs(recipe, spec: GraphSpec, seed: int = 0) -> Dict[str, np.ndarray]:

@@ -203,7 +203,8 @@ def graph_specs(recipe) -> Dict[str, GraphSpec]:
         ENCODER: graph(recipe, ENCODER, [Port((n, 3, h, w))], [Port((n, m.camera.neck.out_channels, fh, fw))]),
         LIFT: graph(recipe, LIFT, [Port((n, vt.in_channels, fh, fw))], [Port((n, c, fh, fw)), Port((n, d, fh, fw))]),
         POOL: graph(recipe, POOL, [Port((n, c, fh, fw)), Port((n, d, fh, fw)), Port((n * fw, groups), "int32"),
-                                   Port((n * fw, groups, fh)), Port((rows,), "int32"), Port((rows,), "int32")],
+                                   Port((n * fw, groups, fh)), Port((bev[0] * bev[1] + 1,), "int32"),
+                                   Port((rows,), "int32"), Port((rows,), "int32")],
                     [Port((1, c) + bev)]),
         DOWNSAMPLE: graph(recipe, DOWNSAMPLE, [Port((1, c) + bev)], [Port((1, c) + down)]),
         DECODER: center_head_graph(recipe, DECODER, [Port((1, c) + down)], head_grid(recipe)),
@@ -290,8 +291,7 @@ class Pipeline(base.Pipeline):
         result = base.FrameResult(inputs)
         feature = self.run_graph(ENCODER, self.feed(ENCODER, inputs.img), result)
         context, depth = self.run_graph(LIFT, self.feed(LIFT, *feature.values()), result).values()
-        t = inputs.tables
-        bev = self.run_graph(POOL, self.feed(POOL, context, depth, t.rows, t.mask, t.order, t.cells), result)
+        bev = self.run_graph(POOL, self.feed(POOL, context, depth, *inputs.tables.inputs()), result)
         down = self.run_graph(DOWNSAMPLE, self.feed(DOWNSAMPLE, *bev.values()), result)
         self.run_graph(DECODER, self.feed(DECODER, *down.values()), result)
         return result
