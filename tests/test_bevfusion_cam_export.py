@@ -187,3 +187,36 @@ def test_planted_decoder_outputs_come_out_as_the_planted_boxes(cam_export, cam_r
     np.testing.assert_allclose(det.boxes[order, 2], expected[want, 2] - expected[want, 5] / 2, atol=1e-5)
     np.testing.assert_allclose(det.boxes[order, 3:6], expected[want, 3:6], rtol=1e-5)
     np.testing.assert_allclose(np.cos(det.boxes[order, 6] - expected[want, 6]), 1.0, atol=1e-6)
+
+
+def test_the_chained_parts_in_openvino_equal_the_whole_pytorch_model(cam_export, cam_recipe, tmp_path):
+    """A synthetic surround frame through the runtime pipeline (host preprocessing and pool tables, the five FP32
+    parts in OpenVINO at f32) gives the head maps the whole native model computes from the same images and matrices
+    (upstream's geometry and point-by-point pooling in torch, no tables)."""
+    import torch
+
+    from bevport.checkpoint import load_weights
+    from bevport.data.imageaug import img_aug_matrix
+    from bevport.formats.nuscenes import open_dataset
+    from bevport.models import architecture
+    from bevport.models.head import head_tensors
+    from bevport.runtime.infer import RuntimeOptions, iterate_frames, open_pipeline
+
+    scenes = tmp_path / "scenes"
+    main(["synth-data", "--recipe", RECIPE, "--frames", "1", "--seed", "8", "--out", str(scenes), "-q"])
+    runtime = open_pipeline(cam_recipe, cam_export / "onnx",
+                            RuntimeOptions(int8={g: False for g in cam_recipe.quantize.graphs}, cache_dir=None))
+    (outcome,) = list(iterate_frames(runtime, open_dataset(cam_recipe, scenes), 1, "fail", print, []))
+    (got,) = runtime.pipeline.head_outputs(outcome.result).values()
+
+    model = architecture(cam_recipe).build(cam_recipe)
+    load_weights(model, cam_export / "cam.pth")
+    inputs = outcome.result.inputs
+    img_aug = torch.from_numpy(np.stack([img_aug_matrix(cam_recipe)] * len(inputs.img)))
+    with torch.no_grad():
+        tasks = model(torch.from_numpy(inputs.img), torch.from_numpy(inputs.camera2lidar),
+                      torch.from_numpy(inputs.intrinsics), img_aug, torch.eye(4))
+    contract = build_contract(cam_recipe)
+    (expected,) = [t.numpy() for t in head_tensors(tasks, [t.slices for t in contract["decoder"].outputs])]
+    assert got.shape == expected.shape == (1, 70, 128, 128)
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
