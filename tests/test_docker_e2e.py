@@ -119,3 +119,36 @@ def test_trained_demo_checkpoint_composed_in_the_export_image(recipe, trained_ck
     load_weights(model, trained_ckpt)                     # strict: every key, shape and dtype of the upstream layout
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in load_trained(recipe).items())
+
+
+@pytest.mark.docker
+def test_camera_only_convert_in_docker(tmp_path):
+    """The second recipe through both images on a checkpoint drawn in the export image (torch 1.11): the image's
+    older NNCF quantizes every part (Swin-T, lift, pool, downsample, decoder), the runtime image runs them with the
+    frustum from the bundle, and writes nuScenes results and six-camera pictures. Seeded random weights: drift is
+    reported, not gated, but each INT8 part must stay close to its FP32 part."""
+    from bevport.convert.run import synthetic_checkpoint
+
+    recipe = "bevfusion-cam-swint"
+    ckpt = synthetic_checkpoint(tmp_path / "cam.pth", "docker", recipe=recipe)
+    req = ConvertRequest(ckpt, tmp_path / "work", tmp_path / "dist", recipe=recipe, num_samples=2, holdout=1,
+                         allow_drift=True)
+    assert set(run_convert(req, "docker").values()) == {"ran"}
+    work = tmp_path / "work"
+    graphs = json.loads((work / "ir" / "quantize.json").read_text())["graphs"]
+    assert graphs["image_encoder"]["fake_quantize_ops"] > 100 and graphs["decoder"]["fake_quantize_ops"] > 10
+    assert all(graphs[g]["fake_quantize_ops"] >= 1 and graphs[g]["precision"] == "int8"
+               for g in ("lift", "pool", "downsample"))
+    validated = json.loads((work / "validate.json").read_text())
+    snr = {o: m["snr_db"] for g in validated["drift"].values() for o, m in g.items()}
+    assert min(snr.values()) > 10.0, snr                  # 15-44 dB on the host and in the image
+    results = json.loads((work / "preds" / "results_nusc.json").read_text())
+    assert len(results["results"]) == len(json.loads((work / "preds" / "infer.json").read_text())["frames"]) > 0
+    assert len(list((work / "vis").glob("frame_*.png"))) > 0
+    (archive,) = (tmp_path / "dist").glob("*.tar.gz")
+    assert verify_bundle(archive)["ok"]
+    (bundle,) = [p for p in (tmp_path / "dist").iterdir() if p.is_dir() and not p.name.endswith(".extras")]
+    deploy = {p.name for p in (bundle / "data" / "bevfusion" / "camera-only").iterdir()}
+    parts = ("image_encoder", "lift", "pool", "downsample", "decoder")
+    assert deploy == {"frustum.npy"} | {f"{p}.onnx" for p in parts} | \
+        {f"quantized_{p}.{ext}" for p in parts for ext in ("xml", "bin")}
