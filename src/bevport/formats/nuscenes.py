@@ -195,15 +195,16 @@ def write_results(dataset: NuScenesDataset, pred_dir: os.PathLike, ids: Sequence
 def tables_folder(dataset: NuScenesDataset, ids: Sequence[str]) -> Optional[Path]:
     """The official tables' folder under the dataset root (`v1.0-*/` with sample.json) that holds the samples `ids`,
     or None."""
-    for folder in sorted(dataset.root.glob("v1.0-*")):
+    from bevport.data.nuscenes_tables import table_versions
+
+    for folder in table_versions(dataset.root):
         table = folder / "sample.json"
-        if table.is_file():
-            try:
-                tokens = {record["token"] for record in json.loads(table.read_text())}
-            except (OSError, ValueError, KeyError, TypeError):
-                raise DatasetError(f"{table}: not a nuScenes sample table") from None
-            if set(ids) <= tokens:
-                return folder
+        try:
+            tokens = {record["token"] for record in json.loads(table.read_text())}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DatasetError(f"{table}: not a nuScenes sample table") from None
+        if set(ids) <= tokens:
+            return folder
     return None
 
 
@@ -240,7 +241,7 @@ def evaluate(dataset: NuScenesDataset, pred_dir: os.PathLike, ids: Sequence[str]
 def physical_boxes(boxes: np.ndarray) -> np.ndarray:
     """Decoded boxes (x, y, z_bottom, w, l, h, yaw, ...) -> the drawing convention (x, y, z_bottom, width, length,
     height, heading): the length lies along the heading -yaw - pi/2, as in the results file."""
-    b = np.array(boxes, np.float64).reshape(-1, np.shape(boxes)[-1] if np.ndim(boxes) == 2 else 9)
+    b = np.asarray(boxes, np.float64)
     out = b[:, :7].copy()
     out[:, 6] = -b[:, 6] - math.pi / 2
     return out
@@ -266,15 +267,14 @@ def picture(recipe, frame, detections, show_gt: bool = True, latency_ms: Optiona
     gt_boxes, gt_labels = ground_truth(frame, names) if show_gt else (None, None)
     gts = vis.model_boxes_from_physical(gt_boxes) if gt_boxes is not None else np.zeros((0, 7))
     by_name = {cam.name: cam for cam in frame.cameras}
+    order = [n for n in PICTURE_LAYOUT if n in by_name] + [n for n in by_name if n not in PICTURE_LAYOUT]
     tiles = []
-    for name in [n for n in PICTURE_LAYOUT if n in by_name] + [n for n in by_name if n not in PICTURE_LAYOUT]:
-        cam = by_name[name]
+    for cam in (by_name[n] for n in order):
         calib = SimpleNamespace(lidar2cam=np.linalg.inv(cam.camera2lidar.astype(np.float64)),
                                 intrinsics=cam.intrinsics)
         tiles.append(vis.camera_image(cam.image(), calib, preds, det.labels, det.scores, gts, class_names=names,
                                       score_threshold=threshold))
-    grid = vis.image_grid(tiles, [n.replace("CAM_", "").replace("_", " ").lower() for n in PICTURE_LAYOUT
-                                  if n in by_name] + [n for n in by_name if n not in PICTURE_LAYOUT], columns=3)
+    grid = vis.image_grid(tiles, [n.replace("CAM_", "").replace("_", " ").lower() for n in order], columns=3)
     pc_range = recipe.model.head.bbox_coder.pc_range
     points = frame.points()[:, :3] if frame.points_path is not None else np.zeros((0, 3))
     points = np.stack([points[:, 1], -points[:, 0], points[:, 2]], axis=1)
