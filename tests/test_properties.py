@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bevport.data.kitti import read_calib_file, read_label_file
@@ -108,6 +108,8 @@ JUNK = st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=5), st.list
 
 @settings(max_examples=150, deadline=None)
 @given(edits=st.lists(st.tuples(st.sampled_from(LEAVES), JUNK), min_size=1, max_size=3))
+@example(edits=[(("model", "camera", "backbone", "out_indices", 0), 1024.0)])    # 2 ** 1024.0 overflowed
+@example(edits=[(("model", "camera", "backbone", "out_indices", 1), -3)])
 def test_a_recipe_with_junk_anywhere_loads_or_names_the_problem(edits):
     data = copy.deepcopy(BASE)
     for path, value in edits:

@@ -98,6 +98,12 @@ def check(condition: bool, recipe: Node, field: str, message: str) -> None:
         raise RecipeError(f"{recipe._origin}: `{field}` {message}")
 
 
+def check_indices(recipe: Node, field: str, values: Sequence[Any], count: int, what: str) -> None:
+    """Every entry of `values` (read from `field`) indexes one of `count` `what`s: an integer in 0 .. count - 1."""
+    check(all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < count for v in values), recipe, field,
+          f"is {list(values)}; it must hold {what} indices 0-{count - 1}")
+
+
 def check_number(recipe: Node, field: str, value: Any, minimum: Optional[float] = None, integer: bool = False,
                  exclusive: bool = False) -> None:
     """`value` (read from `field`) is a number (an integer if asked) at or above `minimum` (above, if exclusive)."""

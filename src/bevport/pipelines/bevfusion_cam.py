@@ -29,7 +29,7 @@ from bevport.errors import DatasetError, GraphError, RecipeError
 from bevport.geometry import lss_depth
 from bevport.geometry.lss import depth_bins
 from bevport.geometry.lss_depth import PoolTables
-from bevport.recipe import cells, check, check_numbers
+from bevport.recipe import cells, check, check_indices, check_numbers
 from bevport.runtime import pipeline as base
 
 ENCODER, LIFT, POOL, DOWNSAMPLE, DECODER = "image_encoder", "lift", "pool", "downsample", "decoder"
@@ -86,6 +86,7 @@ def check_recipe(r) -> None:
     inp, cam, m = r.input, r.model.camera, r.model
     sw, neck, vt = cam.backbone, cam.neck, cam.vtransform
     check(len(inp.camera_names) == inp.cameras, r, "input.camera_names", f"must name the {inp.cameras} cameras")
+    check_indices(r, "model.camera.backbone.out_indices", sw.out_indices, len(sw.depths), "Swin stage")
     check(len(sw.depths) == len(sw.num_heads) and all(sw.embed_dims * 2 ** i % h == 0
                                                       for i, h in enumerate(sw.num_heads)), r,
           "model.camera.backbone", "needs one head count per stage, each dividing the stage's channels")

@@ -21,7 +21,7 @@ from bevport.data.preprocess import CameraMetas, camera_metas, image_tensor
 from bevport.errors import DatasetError, RecipeError
 from bevport.geometry.lss import PoolTableCache, bev_pool, depth_bins
 from bevport.geometry.voxelize import scatter, test_time_max_voxels, voxelize_for_deploy
-from bevport.recipe import cells, check, check_numbers
+from bevport.recipe import cells, check, check_indices, check_numbers
 from bevport.runtime import pipeline as base
 
 CAMERA, PFE_DYNAMIC, PFE, FUSER, HEAD = "camera", "lidar_pfe_dynamic", "lidar_pfe", "fuser", "head"
@@ -79,6 +79,7 @@ def check_recipe(r) -> None:
           f"is {cam.backbone.depth}; bevport's camera backbone implements the BasicBlock ResNets 18 and 34")
     check(inp.point_dims >= 4 and inp.intensity_scale > 0, r, "input",
           "needs point_dims >= 4 (x, y, z, intensity) and intensity_scale > 0")
+    check_indices(r, "model.camera.backbone.out_indices", cam.backbone.out_indices, 4, "ResNet stage")
     backbone_channels = [64 * 2 ** i for i in cam.backbone.out_indices]
     check(list(neck.in_channels) == backbone_channels, r, "model.camera.neck.in_channels",
           f"is {list(neck.in_channels)} but the ResNet stages {list(cam.backbone.out_indices)} give {backbone_channels}")
