@@ -77,14 +77,60 @@ def _bundle_recipe(bundle: Optional[Path]) -> Optional[Tuple[str, Path]]:
     return (str(name), Path(bundle) / "recipe.yaml") if name else None
 
 
+def _config_in_tree(args) -> None:
+    """A relative --config names a file of the --source tree (the training scripts run from its root) unless it
+    exists as given."""
+    source, config = getattr(args, "source", None), args.config
+    if source is not None and config is not None and not config.is_absolute() and not config.exists():
+        args.config = Path(source) / config
+
+
+def _reference(args, recipe, progress):
+    from bevport.reference import load_reference
+
+    if args.source is None:
+        raise BevportError("--backend reference needs --source: the training tree whose modules are exported",
+                           "pass --source /path/to/the/training/repository")
+    if args.sparsity:
+        raise BevportError("--sparsity applies to bevport's native model only",
+                           "a reference export takes the weights as the training tree's model loads them")
+    return load_reference(recipe, args.source, args.config, args.ckpt, progress)
+
+
 def cmd_export(args) -> None:
     from bevport.export.onnx_export import export
 
+    _config_in_tree(args)
     recipe = _load_recipe(args)
     with _Progress(args.quiet) as progress:
-        summary = export(recipe, args.ckpt, args.out, sparsity=args.sparsity, progress=progress, warn=_warn)
+        reference = _reference(args, recipe, progress) if args.backend == "reference" else None
+        summary = export(recipe, args.ckpt, args.out, sparsity=args.sparsity, progress=progress, warn=_warn,
+                         reference=reference)
     if not args.quiet:
         _print_export_summary(summary, Path(args.out))
+
+
+def cmd_parity(args) -> None:
+    from rich.table import Table
+
+    from bevport.reference.parity import reference_parity, summary_rows
+
+    _config_in_tree(args)
+    recipe = _load_recipe(args)
+    with _Progress(args.quiet) as progress:
+        report = reference_parity(recipe, args.ckpt, args.source, args.config, args.out, onnx=args.onnx,
+                                  seed=args.seed, progress=progress, warn=_warn)
+    if args.quiet:
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("graph", "output", "OpenVINO", "bound", "native f64"):
+        table.add_column(column, justify="left" if column in ("graph", "output") else "right")
+    for row in summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    standins = [f"{m.rsplit('.', 1)[1]}.{fn} x{n}" for m, e in report["reference"]["extensions"].items()
+                for fn, n in e["calls"].items()]
+    console.print(f"all outputs within bounds; stand-ins called: {', '.join(standins) or 'none'}; report: {args.out}")
 
 
 def _print_export_summary(summary, out: Path) -> None:
@@ -366,7 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", type=Path, required=True, help="training checkpoint (.pth)")
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced only on success)")
     p.add_argument("--sparsity", action="store_true", help="apply NVIDIA's 2:4 sparsity masks (sparsity checkpoints)")
+    p.add_argument("--backend", choices=("native", "reference"), default="native",
+                   help="native: bevport's model (default); reference: the --source tree's own modules (edited "
+                        "architectures), exported to the same contract")
+    p.add_argument("--source", type=Path, help="the training repository (its mmdet3d/ and configs/), for --backend "
+                                               "reference; a relative --config is looked up in it")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("parity", help="bevport's graphs against the training tree's own modules (parity-reference.json)")
+    _add_recipe_args(p)
+    p.add_argument("--ckpt", type=Path, required=True, help="training checkpoint (.pth)")
+    p.add_argument("--source", type=Path, required=True,
+                   help="the training repository the checkpoint came from (its mmdet3d/ and configs/)")
+    p.add_argument("--onnx", type=Path, help="compare these graphs (a `bevport export` folder) instead of exporting")
+    p.add_argument("--out", type=Path, default=Path("parity-reference.json"), help="report (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the graph inputs (default 0)")
+    p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("synth-ckpt", help="write a deterministic synthetic checkpoint in the upstream layout")
     _add_recipe_args(p)

@@ -129,20 +129,28 @@ def _environment() -> Dict[str, str]:
 
 def export(recipe: Recipe, ckpt: os.PathLike, out: os.PathLike, sparsity: bool = False,
            progress: Callable[[str], None] = lambda msg: None,
-           warn: Callable[[str], None] = lambda msg: None) -> Dict:
-    """The whole export step. Returns the summary also written to `<out>/export.json`."""
+           warn: Callable[[str], None] = lambda msg: None, reference=None) -> Dict:
+    """The whole export step. Returns the summary also written to `<out>/export.json`.
+
+    `reference` (a `bevport.reference.LoadedReference`) exports the training tree's own modules instead of bevport's
+    native model (`--backend reference`): same contract, parity of each graph against its own PyTorch module."""
     contract = build_contract(recipe)
-    arch = architecture(recipe)
-    model = arch.build(recipe)
-    progress(f"loading {ckpt}")
-    load_weights(model, ckpt, sparsity=sparsity, warn=warn)
+    if reference is None:
+        arch, model = architecture(recipe), architecture(recipe).build(recipe)
+        progress(f"loading {ckpt}")
+        load_weights(model, ckpt, sparsity=sparsity, warn=warn)
+        backend = {"name": "native", "model": f"bevport.models.{recipe.architecture}"}
+    else:
+        arch, model = reference.arch, reference.model
+        backend = {"name": "reference", "model": "the training tree's modules",
+                   "native_parity": "skipped: the graphs are the training tree's own modules", **reference.describe()}
     with atomic_output_dir(out) as tmp:
         parity = export_graphs(arch, model, recipe, contract, tmp, progress)
         failed = [f"{contract[k].file}:{name} (rel. error {o['max_rel_error']:.2e} > bound {o['bound']:.2e}, "
                   f"PyTorch float32's own {o['torch_f32_rel_error']:.2e})"
                   for k, r in parity.items() for name, o in r["outputs"].items() if not o["passed"]]
         gate = recipe.export.parity
-        (tmp / "parity.json").write_text(json.dumps({"reference": "the native module in float64",
+        (tmp / "parity.json").write_text(json.dumps({"reference": f"the {backend['name']} module in float64",
                                                      "factor": gate.factor, "floor": gate.floor,
                                                      "passed": not failed, "graphs": parity}, indent=2) + "\n")
         if failed:
@@ -154,6 +162,7 @@ def export(recipe: Recipe, ckpt: os.PathLike, out: os.PathLike, sparsity: bool =
             "recipe_origin": recipe._origin,
             "checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)},
             "sparsity": sparsity,
+            "backend": backend,
             "contract": contract_summary(contract),
             "files": {spec.file: sha256_file(tmp / spec.file) for spec in contract},
             "artifacts": write_artifacts(arch, model, tmp),

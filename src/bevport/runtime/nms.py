@@ -148,12 +148,8 @@ def _circumradius(b: np.ndarray) -> np.ndarray:
 def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     sa = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     sb = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    out = np.empty(len(a), dtype=np.float32)
-    for start in range(0, len(a), _PAIRS_PER_CHUNK):
-        sl = slice(start, start + _PAIRS_PER_CHUNK)
-        ov = _pair_overlap(a[sl], b[sl])
-        out[sl] = ov / np.maximum(sa[sl] + sb[sl] - ov, _EPS)
-    return out
+    ov = _chunked_overlap(a, b)
+    return ov / np.maximum(sa + sb - ov, _EPS)
 
 
 def _centres_radii(b: np.ndarray):
@@ -213,8 +209,8 @@ def _greedy(n: int, first: np.ndarray, second: np.ndarray, limit: int) -> np.nda
     return np.asarray(keep, dtype=np.int64)
 
 
-def rotated_iou_bev(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[N, M] BEV IoU of boxes a [N, 5] and b [M, 5], both [x1, y1, x2, y2, yaw] (iou3d kernel geometry)."""
+def _all_pairs(a: np.ndarray, b: np.ndarray, pair_fn) -> np.ndarray:
+    """[N, M] of pair_fn over every (a[i], b[j]); pairs whose circumscribed circles do not meet are 0."""
     a = np.asarray(a, dtype=np.float32).reshape(-1, 5)
     b = np.asarray(b, dtype=np.float32).reshape(-1, 5)
     out = np.zeros((len(a), len(b)), dtype=np.float32)
@@ -222,8 +218,23 @@ def rotated_iou_bev(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return out
     ia, ib = np.nonzero(_maybe_overlapping(a, b))
     if len(ia):
-        out[ia, ib] = _pair_iou(a[ia], b[ib])
+        out[ia, ib] = pair_fn(a[ia], b[ib])
     return out
+
+
+def _chunked_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.concatenate([_pair_overlap(a[s:s + _PAIRS_PER_CHUNK], b[s:s + _PAIRS_PER_CHUNK])
+                           for s in range(0, len(a), _PAIRS_PER_CHUNK)])
+
+
+def rotated_iou_bev(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, M] BEV IoU of boxes a [N, 5] and b [M, 5], both [x1, y1, x2, y2, yaw] (iou3d kernel geometry)."""
+    return _all_pairs(a, b, _pair_iou)
+
+
+def rotated_overlap_bev(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, M] BEV overlap areas of xyxyr boxes (the kernel's `boxes_overlap_bev`)."""
+    return _all_pairs(a, b, _chunked_overlap)
 
 
 def rotate_nms(boxes_xywhr: np.ndarray, scores: np.ndarray, thresh: float, pre_max_size: Optional[int] = None,

@@ -1,0 +1,73 @@
+"""The user's own training code as the reference (`bevport parity --source`, `bevport export --backend reference`).
+
+`tree` imports the training tree's `mmdet3d` with `standins` for its compiled ops, loads the config chain and builds
+the model with the tree's own builder; `bevport.reference.<architecture>` puts that model behind the interface the
+native model offers bevport's graphs (same method names, the original code inside); `parity` compares bevport's
+graphs with it. Nothing here is imported unless a command asks for the reference path: it needs mmcv and mmdet (the
+export image has them).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Dict, Optional
+
+from torch import nn
+
+from bevport.models import architecture
+from bevport.reference.tree import SourceTree, SourceTreeError, build_model, load_config
+
+
+def reference_module(recipe):
+    try:
+        return importlib.import_module(f"bevport.reference.{recipe.architecture}")
+    except ModuleNotFoundError:
+        raise SourceTreeError(f"recipe `{recipe.name}` (architecture {recipe.architecture}) has no reference "
+                              "backend", "the reference path covers the architectures in bevport/reference/") from None
+
+
+@dataclass
+class LoadedReference:
+    """The training tree's model behind bevport's interface, and what the reports say about where it came from."""
+    tree: SourceTree
+    config: Path
+    model: nn.Module
+    arch: SimpleNamespace
+
+    def describe(self) -> Dict:
+        import mmcv
+
+        return {"source": str(self.tree.root), "commit": self.tree.commit(), "expected": self.tree.expected,
+                "config": str(self.config), "mmcv": mmcv.__version__, "mmcv_compiled_ops": _mmcv_ops(),
+                "extensions": self.tree.finder.report()}
+
+
+def _mmcv_ops() -> str:
+    try:
+        from mmcv.utils import ext_loader
+
+        return ext_loader.load_ext("_ext", []).__file__
+    except Exception as e:  # noqa: BLE001 - reported, not fatal: the inference path calls none of them
+        return f"not loadable ({e})"
+
+
+def load_reference(recipe, source: Path, config: Optional[Path], ckpt: Path,
+                   progress: Callable[[str], None] = lambda m: None) -> LoadedReference:
+    module = reference_module(recipe)
+    tree = SourceTree(source, module.EXPECTED_TREE)
+    progress(f"importing mmdet3d from {tree.root}")
+    tree.import_package()
+    config = Path(config or recipe.upstream.config)
+    cfg = load_config(tree, config)
+    progress(f"building the model with the tree's builder and loading {ckpt}")
+    model = module.Reference(build_model(tree, cfg, ckpt), recipe).eval()
+    native = architecture(recipe)
+    arch = SimpleNamespace(export_modules=module.export_modules, sample_inputs=module.sample_inputs,
+                           reference_outputs=native.reference_outputs,
+                           export_artifacts=getattr(module, "export_artifacts", lambda m: {}))
+    return LoadedReference(tree, config, model, arch)
+
+
+__all__ = ["LoadedReference", "SourceTreeError", "load_reference", "reference_module"]

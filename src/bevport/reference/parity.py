@@ -1,0 +1,101 @@
+"""`bevport parity --source`: bevport's graphs against the user's own training code, on the same inputs.
+
+Per graph and output, three numbers against the original modules run in float64 (all relative to the output's
+largest magnitude): the graph in OpenVINO (CPU, f32), PyTorch float32 running the original modules (the output's
+inherent rounding error, which sets the bound exactly as `bevport export`'s own parity gate does), and bevport's
+native PyTorch model in float64 (zero up to float64 rounding when bevport's model is the user's model). The first
+output above its bound fails the run, by name; the report is written either way.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from bevport.checkpoint import load_weights
+from bevport.contract import build_contract
+from bevport.models import architecture
+from bevport.errors import BevportError
+from bevport.export.onnx_export import export_graphs, verify_contract
+from bevport.export.parity import compare, float64_copy, relative_error, run_openvino
+from bevport.fsutil import atomic_write_bytes
+from bevport.reference import LoadedReference, load_reference
+from bevport.reference.tree import cpu_only
+
+
+class ParityError(BevportError):
+    pass
+
+
+def first_failure(graphs: Dict[str, Dict]) -> Optional[str]:
+    """'<file>:<output> (...)' of the first output over its bound, in contract order; None when all pass."""
+    for report in graphs.values():
+        for name, o in report["outputs"].items():
+            for check, error in (("OpenVINO", o["max_rel_error"]), ("bevport's native model (float64)",
+                                                                     o.get("native_f64_rel_error", 0.0))):
+                if not error <= o["bound"]:
+                    return (f"{report['file']}:{name} ({check} rel. error {error:.2e} > bound {o['bound']:.2e}, "
+                            f"PyTorch float32's own {o['torch_f32_rel_error']:.2e})")
+    return None
+
+
+def compare_graph(recipe, spec, graph: Path, ref: LoadedReference, ref64, native64, seed: int) -> Dict:
+    arch = architecture(recipe)
+    inputs = ref.arch.sample_inputs(recipe, spec, seed)
+    exact = [np.asarray(a, np.float64) for a in arch.reference_outputs(ref64, recipe, spec, inputs)]
+    torch_f32 = arch.reference_outputs(ref.model, recipe, spec, inputs)
+    gate = recipe.export.parity
+    report = compare(spec, exact, torch_f32, run_openvino(graph, spec, inputs), float(gate.factor), float(gate.floor))
+    if native64 is not None:
+        ours = arch.reference_outputs(native64, recipe, spec, inputs)
+        for t, want, got in zip(spec.outputs, exact, ours):
+            report["outputs"][t.name]["native_f64_rel_error"] = relative_error(want, np.asarray(got, np.float64))
+    report.update(file=spec.file, seed=seed, inputs={k: list(v.shape) for k, v in inputs.items()})
+    report["passed"] = first_failure({spec.key: report}) is None
+    return report
+
+
+def reference_parity(recipe, ckpt: Path, source: Path, config: Optional[Path], out: Path,
+                     onnx: Optional[Path] = None, seed: int = 0, progress: Callable[[str], None] = lambda m: None,
+                     warn: Callable[[str], None] = lambda m: None) -> Dict:
+    """Write `out` (parity-reference.json) and return it; raises ParityError naming the first failing output."""
+    ref = load_reference(recipe, source, config, ckpt, progress)
+    contract = build_contract(recipe)
+    arch = architecture(recipe)
+    native = arch.build(recipe)
+    load_weights(native, ckpt, warn=warn)
+    graphs: Dict[str, Dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bevport-parity-") as tmp, cpu_only() as shims:
+        folder = Path(onnx) if onnx else Path(tmp)
+        if onnx is None:
+            progress("exporting bevport's graphs (native backend)")
+            export_graphs(arch, native, recipe, contract, folder, progress)
+        ref64, native64 = float64_copy(ref.model), float64_copy(native)
+        for spec in contract:
+            path = folder / spec.file
+            verify_contract(path, spec)
+            progress(f"comparing {spec.file} with the training tree's modules")
+            graphs[spec.key] = compare_graph(recipe, spec, path, ref, ref64, native64, seed)
+    failure = first_failure(graphs)
+    report = {"recipe": recipe.name, "checkpoint": str(ckpt), "graphs_from": str(onnx) if onnx else "bevport export",
+              "inputs": f"seeded (seed {seed})", "reference": ref.describe(), "shims": dict(shims),
+              "gate": {"factor": recipe.export.parity.factor, "floor": recipe.export.parity.floor},
+              "passed": failure is None, "first_failure": failure, "graphs": graphs}
+    atomic_write_bytes(Path(out), (json.dumps(report, indent=2) + "\n").encode())
+    if failure:
+        raise ParityError(f"bevport's graphs differ from the training tree's code: {failure}",
+                          f"the whole comparison is in {out}")
+    return report
+
+
+def summary_rows(report: Dict) -> List[List[str]]:
+    """[graph, output, OpenVINO error, bound, native float64 error] for the CLI's table."""
+    rows = []
+    for r in report["graphs"].values():
+        for name, o in r["outputs"].items():
+            rows.append([r["file"], name, f"{o['max_rel_error']:.1e}", f"{o['bound']:.1e}",
+                         f"{o.get('native_f64_rel_error', float('nan')):.1e}"])
+    return rows
