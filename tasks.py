@@ -5,6 +5,7 @@ unset is not passed, and the CLI's or the recipe's own default applies.
 """
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -126,10 +127,12 @@ def verify(c, path):
             "holdout": "held-out frames (default: the recipe's)", "force": "redo finished steps",
             "ca_bundle": "site CA for containers", "sparsity": "apply 2:4 sparsity masks",
             "allow_drift": "report FP32-vs-INT8 drift beyond the recipe's bounds instead of failing",
-            "work": "work folder of the resumable steps", "dist": "folder receiving the release bundle"})
+            "work": "work folder of the resumable steps", "dist": "folder receiving the release bundle",
+            "source": "the training repository the checkpoint came from: parity against its code is one more gate",
+            "backend": "native (default) or reference: export the --source tree's own modules"})
 def convert(c, ckpt=None, data=None, config=None, recipe=None, runner="docker", device=None, num_samples=None,
             holdout=None, work="work/convert", dist="dist", force=False, ca_bundle=None, sparsity=False,
-            allow_drift=False):
+            allow_drift=False, source=None, backend="native"):
     """Checkpoint -> ONNX -> calibration -> INT8 IRs -> validation -> release bundle in dist/ (resumable steps)."""
     from bevport.cli import console, run_reporting_errors
     from bevport.convert.plan import ConvertRequest
@@ -139,13 +142,37 @@ def convert(c, ckpt=None, data=None, config=None, recipe=None, runner="docker", 
         console.print("[red]error:[/] --ckpt is required: the training checkpoint to convert (.pth)")
         raise SystemExit(1)
     req = ConvertRequest(Path(ckpt), Path(work), Path(dist), sparsity=sparsity, allow_drift=allow_drift,
+                         backend=backend,
                          **_given(recipe=recipe, config=Path(config) if config else None,
+                                  source=Path(source) if source else None,
                                   data=Path(data) if data else None, device=device,
                                   num_samples=None if num_samples is None else int(num_samples),
                                   holdout=None if holdout is None else int(holdout)))
     outcome = run_reporting_errors(run_convert, req, runner, force, Path(ca_bundle) if ca_bundle else None,
                                    progress=lambda m: console.print(f"[dim]convert:[/] {m}"))
     console.print(f"[green]converted[/] ({', '.join(f'{k} {v}' for k, v in outcome.items())}) -> {dist}")
+
+
+@task(positional=[], auto_shortflags=False,
+      help={"ckpt": "training checkpoint (.pth), required", "source": "the training repository, required",
+            "config": "training config (relative: inside --source)", "recipe": "recipe name or path",
+            "onnx": "compare this export folder instead of exporting", "out": "report (parity-reference.json)",
+            "runner": "auto (default: the export image when Docker has it), docker or local"})
+def parity(c, ckpt=None, source=None, config=None, recipe=None, onnx=None, out="work/parity-reference.json",
+           runner="auto"):
+    """bevport's graphs against the user's own training code (the tree at --source) on the same inputs."""
+    from bevport.cli import console, run_reporting_errors
+    from bevport.convert.run import run_parity
+
+    if not ckpt or not source:
+        console.print("[red]error:[/] --ckpt and --source are required: the checkpoint and the training repository "
+                      "it came from")
+        raise SystemExit(1)
+    report = run_reporting_errors(run_parity, Path(ckpt), Path(source), Path(out), runner,
+                                  progress=lambda m: console.print(f"[dim]parity:[/] {m}"),
+                                  **_given(recipe=recipe, config=Path(config) if config else None,
+                                           onnx=Path(onnx) if onnx else None))
+    console.print(f"[green]parity[/]: every graph within bounds of the training tree's code -> {report}")
 
 
 @task(help={"runner": "auto (Docker when an engine and the images are there), docker or local",
@@ -188,11 +215,16 @@ def train_demo(c, work="work/train-demo", out=None, recipe=None):
 
 
 @task(help={"slow": "run only the slow end-to-end tests", "docker": "run only the Docker end-to-end test",
-            "k": "pytest -k expression"})
-def test(c, slow=False, docker=False, k=None):
-    """The test suite CI runs (fast); --slow runs the end-to-end tests marked slow; --docker the Docker one."""
-    marker = ["-m", "slow"] if slow else ["-m", "docker"] if docker else []
+            "k": "pytest -k expression",
+            "reference": "folder holding the upstream training trees (runs tests/test_reference_source.py)"})
+def test(c, slow=False, docker=False, k=None, reference=None):
+    """The test suite CI runs (fast); --slow runs the end-to-end tests marked slow; --docker the Docker one;
+    --reference <folder> the tests against the upstream training trees in that folder (DEVELOPERS.md)."""
+    marker = ["-m", "slow"] if slow or reference else ["-m", "docker"] if docker else []
     args = ["-q"] + marker + (["-k", k] if k else [])
+    if reference:
+        os.environ["BEVPORT_REFERENCE_SRC"] = str(Path(reference).resolve())
+        args.append("tests/test_reference_source.py")
     c.run(" ".join(shlex.quote(a) for a in [PY, "-m", "pytest"] + args), pty=sys.stdout.isatty())
 
 
@@ -312,4 +344,4 @@ for _name, _task in (("base", images_base), ("build", images_build), ("lock", im
                      ("load", images_load)):
     images.add_task(_task, name=_name)
 ns = Collection(synth_ckpt, export, synth_data, calibrate, quantize, infer, validate, bench, convert, bundle,
-                verify, demo, test, benchmarks, doctor, images)
+                verify, parity, demo, test, benchmarks, doctor, images)

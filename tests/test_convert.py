@@ -9,6 +9,7 @@ import pytest
 
 from bevport.convert import runner as runner_module
 from bevport.convert.plan import ConvertRequest, mounts, plan, preflight
+from bevport.convert.run import bundle_step
 from bevport.convert.runner import DockerRunner, Mounts, RunnerError, docker_client, image_tag
 from bevport.convert.steps import Step, StepFailed, run_steps
 
@@ -50,6 +51,58 @@ def test_container_arguments_mount_inputs_read_only_and_run_as_the_user(request_
     assert "devices" not in kwargs and "group_add" not in kwargs
     export = docker.run_kwargs(_step(req, "export"))["command"]
     assert export[export.index("--ckpt") + 1] == "/in/ckpt/dense_epoch_100_.pth"
+
+
+CONFIG = Path("configs/V2X-I/det/centerhead/lssfpn/camera+pointpillar/resnet34/default.yaml")
+
+
+def _tree(root: Path) -> Path:
+    """A training tree as convert sees it: its mmdet3d package and the hand-written config chain."""
+    import shutil
+
+    (root / "mmdet3d").mkdir(parents=True)
+    shutil.copytree(Path(__file__).parent / "data" / "configs", root / "configs")
+    return root
+
+
+def test_a_source_tree_adds_the_parity_gate_mounted_read_only(request_paths, tmp_path):
+    tree = _tree(tmp_path / "bevfusion")
+    req = ConvertRequest(request_paths.ckpt, request_paths.work, request_paths.dist, source=tree,
+                         config=CONFIG)
+    assert req.config == tree / CONFIG                               # relative: a file of the tree
+    names = [s.name for s in plan(req)]
+    assert names[:3] == ["export", "parity", "calibrate"]
+    docker = DockerRunner(client=None, mounts=mounts(req), user="1:1")
+    kwargs = docker.run_kwargs(_step(req, "parity"))
+    assert kwargs["volumes"][str(tree.resolve())] == {"bind": "/src", "mode": "ro"}
+    command = kwargs["command"]
+    assert command[command.index("--source") + 1] == "/src" and command[command.index("--onnx") + 1] == "/work/onnx"
+    assert command[command.index("--config") + 1] in (f"/src/{CONFIG}", f"/in/config/{CONFIG.relative_to('configs')}")
+    assert "--backend" not in docker.run_kwargs(_step(req, "export"))["command"]
+    bundle = bundle_step(req, req.work / "environment.json").argv
+    assert bundle[bundle.index("--parity-reference") + 1] == req.work / "parity-reference.json"
+
+
+def test_the_reference_backend_exports_the_trees_modules_without_a_second_parity(request_paths, tmp_path):
+    tree = _tree(tmp_path / "edited")
+    req = ConvertRequest(request_paths.ckpt, request_paths.work, request_paths.dist, source=tree,
+                         backend="reference")
+    export = _step(req, "export")
+    assert export.argv[export.argv.index("--backend") + 1] == "reference"
+    assert export.argv[export.argv.index("--source") + 1] == tree and export.settings["backend"] == "reference"
+    assert "parity" not in [s.name for s in plan(req)]
+    assert "--parity-reference" not in bundle_step(req, req.work / "environment.json").argv
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(backend="reference"), "--backend reference needs --source"),
+    (dict(source=Path("/nonexistent/tree")), "--source /nonexistent/tree: no mmdet3d package there"),
+    (dict(backend="onnx"), "backend must be native or reference"),
+])
+def test_source_and_backend_mistakes_are_named_before_any_step(request_paths, change, message):
+    req = ConvertRequest(request_paths.ckpt, request_paths.work, request_paths.dist, **change)
+    with pytest.raises(RunnerError, match=message):
+        preflight(req)
 
 
 def test_gpu_runs_get_dev_dri_and_the_render_group(request_paths, monkeypatch):

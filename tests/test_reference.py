@@ -313,7 +313,7 @@ class _FakeReference:
         from types import SimpleNamespace
 
         self.model = model
-        self.arch = SimpleNamespace(sample_inputs=arch.sample_inputs)
+        self.arch = SimpleNamespace(sample_inputs=arch.sample_inputs, reference_outputs=arch.reference_outputs)
 
 
 def test_compare_graph_passes_the_same_model_and_names_a_perturbed_one(recipe, model, exported, contract):

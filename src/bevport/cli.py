@@ -350,7 +350,7 @@ def cmd_bundle(args) -> None:
     with _Progress(args.quiet) as progress:
         bundle = build_bundle(recipe, args.onnx, args.ir, args.dist, validate=args.validate, bench=args.bench,
                               vis_dir=args.vis, environment=environment, ap=args.ap, calib_dir=args.calib,
-                              mtime=args.source_date_epoch, progress=progress, warn=_warn)
+                              parity_reference=args.parity_reference, mtime=args.source_date_epoch, progress=progress, warn=_warn)
     if not args.quiet:
         archive = archive_path(bundle)
         out = Console(highlight=False, soft_wrap=True)
@@ -521,6 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-date-epoch", type=int,
                    help="mtime of every archive entry (default: $SOURCE_DATE_EPOCH, else 0)")
     p.add_argument("--dist", type=Path, required=True, help="folder receiving <recipe>-<checkpoint sha256[:12]>/")
+    p.add_argument("--parity-reference", type=Path,
+                   help="a `bevport parity --source` report of these graphs (parity-reference.json), bundled")
     p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("verify", help="re-hash every file of a release bundle (folder or .tar.gz) against its manifest")

@@ -180,6 +180,7 @@ def _validate_export(r: Recipe) -> None:
     check_number(r, "export.opset", e.opset, 13, integer=True)
     check_number(r, "export.parity.factor", e.parity.factor, 1)
     check_number(r, "export.parity.floor", e.parity.floor, 0, exclusive=True)
+    check_number(r, "export.parity.box_tolerance", e.parity.box_tolerance, 0, exclusive=True)
     check(isinstance(e.graphs, dict) and e.graphs, r, "export.graphs", "must map graph keys to graphs")
     for key in e.graphs:
         graph = e.graphs[key]

@@ -82,7 +82,8 @@ class _Inputs:
     """Every input file of a bundle, checked for presence, parsed, and cross-checked before anything is written."""
 
     def __init__(self, recipe, onnx_dir: Path, ir_dir: Path, validate: Optional[Path], bench: Optional[Path],
-                 ap: Optional[Path], vis_dir: Optional[Path], calib_dir: Optional[Path]):
+                 ap: Optional[Path], vis_dir: Optional[Path], calib_dir: Optional[Path],
+                 parity_reference: Optional[Path] = None):
         contract = build_contract(recipe)
         self.recipe = recipe
         self.onnx_dir, self.ir_dir, self.calib_dir = onnx_dir, ir_dir, calib_dir
@@ -101,7 +102,8 @@ class _Inputs:
                       [(f"{model_dir}/{n}", ir_dir / n) for n in self.ir_files]
         self.json_paths = {"export": onnx_dir / "export.json", "parity": onnx_dir / "parity.json",
                            "quantize": ir_dir / "quantize.json", "report": ir_dir / "report.json"}
-        for key, path in (("validate", validate), ("bench", bench), ("ap", ap)):
+        for key, path in (("validate", validate), ("bench", bench), ("ap", ap),
+                          ("parity_reference", parity_reference)):
             if path is not None:
                 self.json_paths[key] = Path(path)
         self.report_md, self.report_png = ir_dir / "report.md", ir_dir / "report.png"
@@ -155,6 +157,16 @@ class _Inputs:
             elif recorded_onnx[file] != actual:
                 problems.append(f"{path} changed after export (export.json records sha256 {recorded_onnx[file][:12]}, "
                                 f"the file has {actual[:12]})")
+
+        parity = self.json.get("parity_reference")
+        if parity is not None:
+            if not parity.get("passed"):
+                problems.append(f"{self.json_paths['parity_reference']}: the graphs did not match the training tree "
+                                f"({parity.get('first_failure')})")
+            for file, sha in (parity.get("files") or {}).items():
+                if sha != self.hashes.get(str(self.onnx_dir / file)):
+                    problems.append(f"{self.json_paths['parity_reference']} compared another {file} than the one "
+                                    "bundled")
 
         graphs = quantize.get("graphs") or {}
         recorded_ir: Dict[str, Dict] = {}
@@ -316,7 +328,7 @@ def build_bundle(recipe, onnx_dir: os.PathLike, ir_dir: os.PathLike, dist: os.Pa
                  validate: Optional[os.PathLike] = None, bench: Optional[os.PathLike] = None,
                  vis_dir: Optional[os.PathLike] = None, environment: Optional[Dict[str, Any]] = None,
                  ap: Optional[os.PathLike] = None, calib_dir: Optional[os.PathLike] = None,
-                 mtime: Optional[int] = None, progress: Callable[[str], None] = lambda msg: None,
+                 parity_reference: Optional[os.PathLike] = None, mtime: Optional[int] = None, progress: Callable[[str], None] = lambda msg: None,
                  warn: Callable[[str], None] = lambda msg: None) -> Path:
     """Write `dist/<recipe>-<checkpoint sha256[:12]>/`, its `.tar.gz`, `.tar.gz.sha256`, `.timings.json` and
     `.extras/`; returns the bundle folder. Every input is checked first: on any problem nothing is written."""
@@ -325,7 +337,8 @@ def build_bundle(recipe, onnx_dir: os.PathLike, ir_dir: os.PathLike, dist: os.Pa
     if environment is not None and not isinstance(environment, dict):
         raise BundleError("environment must be a mapping (image IDs, base digests, package versions)")
     progress("checking the export and quantize outputs")
-    inputs = _Inputs(recipe, onnx_dir, ir_dir, opt(validate), opt(bench), opt(ap), opt(vis_dir), opt(calib_dir))
+    inputs = _Inputs(recipe, onnx_dir, ir_dir, opt(validate), opt(bench), opt(ap), opt(vis_dir), opt(calib_dir),
+                     opt(parity_reference))
     if inputs.onnx_link == "not recorded":
         warn("neither quantize.json nor its calibration set records the ONNX hashes the INT8 IRs were made from, "
              "so that link is unchecked (pass --calib with the calibration folder to check it)")
@@ -337,7 +350,7 @@ def build_bundle(recipe, onnx_dir: os.PathLike, ir_dir: os.PathLike, dist: os.Pa
         stable[key], removed[key] = split_volatile(data)
     report_names = {"export": "export.json", "parity": "parity.json", "quantize": "quantize.json",
                     "report": "quantize_report.json", "validate": "validate.json", "bench": "bench.json",
-                    "ap": "ap.json"}
+                    "ap": "ap.json", "parity_reference": "parity-reference.json"}
     texts = {f"{REPORTS}/{report_names[k]}": canonical_json(v) for k, v in stable.items()}
     texts[f"{REPORTS}/quantize_report.md"] = _report_markdown(stable["report"], name).encode("utf-8")
     texts["recipe.yaml"] = _recipe_yaml(recipe)

@@ -25,6 +25,14 @@ class ConvertRequest:
     holdout: Optional[int] = None         # held-out frames; None: the recipe's quantize.holdout_frames
     sparsity: bool = False
     allow_drift: bool = False     # validate reports drift beyond the recipe's bounds instead of failing
+    source: Optional[Path] = None   # the training tree: parity against it, or the reference backend's modules
+    backend: str = "native"         # native (bevport's model) or reference (the --source tree's modules)
+
+    def __post_init__(self):
+        # A relative config names a file of the training tree when there is one (its scripts run from its root).
+        if self.source is not None and self.config is not None and not Path(self.config).is_absolute() \
+                and not Path(self.config).exists():
+            self.config = Path(self.source) / self.config
 
 
 def preflight(req: ConvertRequest) -> None:
@@ -40,6 +48,13 @@ def preflight(req: ConvertRequest) -> None:
             raise RunnerError(f"{label} {path} must be a {'folder' if want_dir else 'file'}")
         if not os.access(path, os.R_OK):
             raise RunnerError(f"{label} {path} is not readable by this user")
+    if req.backend not in ("native", "reference"):
+        raise RunnerError(f"backend must be native or reference, got {req.backend!r}")
+    if req.backend == "reference" and req.source is None:
+        raise RunnerError("--backend reference needs --source: the training tree whose modules are exported")
+    if req.source is not None and not (Path(req.source) / "mmdet3d").is_dir():
+        raise RunnerError(f"--source {req.source}: no mmdet3d package there",
+                          "point --source at the root of the training repository the checkpoint came from")
     if req.device.upper().startswith("GPU") and render_group() is None:
         raise RunnerError("--device GPU, but /dev/dri has no render node on this host",
                           "install the Intel GPU driver (and add yourself to the render group), or use --device CPU")
@@ -54,6 +69,8 @@ def mounts(req: ConvertRequest) -> Mounts:
         table["/in/config"] = (_config_root(req.config), "ro")
     if req.data is not None:
         table["/data"] = (req.data, "ro")
+    if req.source is not None:
+        table["/src"] = (req.source, "ro")
     return Mounts(table)
 
 
@@ -84,10 +101,14 @@ def plan(req: ConvertRequest) -> List[Step]:
     inputs = {"ckpt": req.ckpt}
     if req.config:
         inputs["config"] = req.config
+    source = ["--source", req.source] if req.source else []
+    if req.source:
+        inputs["source"] = req.source
     steps = [
         Step("export", "export", ["export"] + common + ["--ckpt", req.ckpt, "--out", onnx, "-q"]
-             + (["--sparsity"] if req.sparsity else []), inputs, [onnx / "export.json"],
-             {"recipe": req.recipe, "sparsity": req.sparsity}),
+             + (["--sparsity"] if req.sparsity else [])
+             + (["--backend", "reference"] + source if req.backend == "reference" else []),
+             inputs, [onnx / "export.json"], {"recipe": req.recipe, "sparsity": req.sparsity, "backend": req.backend}),
         Step("calibrate", "export", ["calibrate"] + common + ["--onnx", onnx, "--num-samples", str(num_samples),
                                                               "--holdout", str(holdout), "--out", calib, "-q"]
              + data, dict({"onnx": onnx / "export.json"}, **({"data": req.data} if req.data else {})),
@@ -104,4 +125,8 @@ def plan(req: ConvertRequest) -> List[Step]:
                                                           "--pred-dir", w / "preds", "--no-timing", "-q"]
              + runtime + heldout, {"ir": ir / "quantize.json"}, [w / "preds" / "infer.json"], {"device": req.device}),
     ]
+    if req.source and req.backend == "native":   # one more gate: bevport's graphs against the user's own code
+        steps.insert(1, Step("parity", "export", ["parity"] + common + ["--ckpt", req.ckpt] + source
+                             + ["--onnx", onnx, "--out", w / "parity-reference.json", "-q"],
+                             dict(inputs, onnx=onnx / "export.json"), [w / "parity-reference.json"]))
     return steps

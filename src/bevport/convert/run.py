@@ -107,12 +107,16 @@ def bundle_name(req: ConvertRequest) -> str:
 
 def bundle_step(req: ConvertRequest, environment_file: Path) -> Step:
     w = req.work
+    inputs = {"ir": w / "ir" / "quantize.json", "validate": w / "validate.json", "environment": environment_file}
+    parity = []
+    if req.source and req.backend == "native":
+        parity = ["--parity-reference", w / "parity-reference.json"]
+        inputs["parity_reference"] = w / "parity-reference.json"
     return Step("bundle", "runtime",
                 ["bundle", "--recipe", req.recipe, "--onnx", w / "onnx", "--ir", w / "ir", "--validate",
                  w / "validate.json", "--bench", w / "bench.json", "--vis", w / "vis", "--environment",
-                 environment_file, "--dist", req.dist, "-q"],
-                {"ir": w / "ir" / "quantize.json", "validate": w / "validate.json", "environment": environment_file},
-                [req.dist / f"{bundle_name(req)}.tar.gz"])
+                 environment_file, "--dist", req.dist, "-q"] + parity,
+                inputs, [req.dist / f"{bundle_name(req)}.tar.gz"])
 
 
 def run_convert(req: ConvertRequest, runner_kind: str = "docker", force: bool = False,
@@ -130,3 +134,25 @@ def run_convert(req: ConvertRequest, runner_kind: str = "docker", force: bool = 
         atomic_write_bytes(env_file, (json.dumps(environment(runner), indent=2, sort_keys=True) + "\n").encode())
         steps = plan(req) + [bundle_step(req, env_file)]
         return run_steps(steps, req.work, runner, force=force, progress=progress)
+
+
+def run_parity(ckpt: Path, source: Path, out: Path, runner_kind: str = "auto", recipe: str = DEFAULT_RECIPE,
+               config: Optional[Path] = None, onnx: Optional[Path] = None,
+               progress: Callable[[str], None] = lambda m: None) -> Path:
+    """`bevport parity --source` where the training tree can be imported: the export image (tree mounted read-only
+    at /src), or this environment when it has mmcv and mmdet (`--runner local`)."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    req = ConvertRequest(Path(ckpt), out.parent, out.parent, recipe=recipe, config=config, source=Path(source))
+    preflight(req)
+    argv = ["parity", "--recipe", recipe, "--ckpt", req.ckpt, "--source", req.source, "--out", out, "-q"] + \
+        (["--config", req.config] if req.config else []) + (["--onnx", Path(onnx)] if onnx else [])
+    table = dict(mounts(req).table)
+    if onnx:
+        table["/in/onnx"] = (Path(onnx), "ro")
+    inputs = {"ckpt": req.ckpt, "source": req.source}
+    step = Step("parity", "export", argv, dict(inputs, **({"onnx": Path(onnx)} if onnx else {})), [out])
+    runner = (LocalRunner() if resolve_runner(runner_kind, progress) == "local"
+              else DockerRunner(docker_client(), Mounts({k: v for k, v in table.items() if k != "/out"})))
+    run_steps([step], out.parent / ".bevport", runner, force=True, progress=progress)
+    return out

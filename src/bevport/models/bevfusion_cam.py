@@ -161,10 +161,10 @@ class LiftGraph(nn.Module):
 
     def __init__(self, model: BEVFusionCamera):
         super().__init__()
-        self.vtransform = model.vtransform
+        self.model = model
 
     def forward(self, features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.vtransform.get_cam_feats(features)
+        return self.model.lift(features)
 
 
 class DownsampleGraph(nn.Module):

@@ -65,7 +65,7 @@ def load_reference(recipe, source: Path, config: Optional[Path], ckpt: Path,
     model = module.Reference(build_model(tree, cfg, ckpt), recipe).eval()
     native = architecture(recipe)
     arch = SimpleNamespace(export_modules=module.export_modules, sample_inputs=module.sample_inputs,
-                           reference_outputs=native.reference_outputs,
+                           reference_outputs=getattr(module, "reference_outputs", native.reference_outputs),
                            export_artifacts=getattr(module, "export_artifacts", lambda m: {}))
     return LoadedReference(tree, config, model, arch)
 

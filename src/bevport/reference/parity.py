@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+import torch
 
 from bevport.checkpoint import load_weights
 from bevport.contract import build_contract
@@ -21,9 +22,9 @@ from bevport.models import architecture
 from bevport.errors import BevportError
 from bevport.export.onnx_export import export_graphs, verify_contract
 from bevport.export.parity import compare, float64_copy, relative_error, run_openvino
-from bevport.fsutil import atomic_write_bytes
+from bevport.fsutil import atomic_write_bytes, sha256_file
 from bevport.reference import LoadedReference, load_reference
-from bevport.reference.tree import cpu_only
+from bevport.reference.tree import centerhead_boxes, cpu_only
 
 
 class ParityError(BevportError):
@@ -39,14 +40,48 @@ def first_failure(graphs: Dict[str, Dict]) -> Optional[str]:
                 if not error <= o["bound"]:
                     return (f"{report['file']}:{name} ({check} rel. error {error:.2e} > bound {o['bound']:.2e}, "
                             f"PyTorch float32's own {o['torch_f32_rel_error']:.2e})")
+        boxes = report.get("decoded")
+        if boxes is not None and not boxes["passed"]:
+            return (f"{report['file']}: decoded boxes (bevport {boxes['boxes'][0]} vs the tree's "
+                    f"{boxes['boxes'][1]}, labels equal: {boxes['labels_equal']}, max box error "
+                    f"{boxes['max_abs_box_error']:.2e}, score error {boxes['max_abs_score_error']:.2e})")
     return None
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| over entries finite in both (-1 when the two disagree on which entries are inf/NaN)."""
+    if a.shape != b.shape or not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return -1.0
+    both = np.isfinite(a)
+    return float(np.max(np.abs(a[both].astype(np.float64) - b[both]))) if both.any() else 0.0
+
+
+def compare_boxes(recipe, contract, spec, ref: LoadedReference, inputs: Dict[str, np.ndarray]) -> Optional[Dict]:
+    """For the graph that ends in the head: the same head maps (the tree's float32 run) decoded by the tree's
+    `CenterHead.get_bboxes` and by bevport's runtime decoder. Same boxes, labels and order, or the run fails."""
+    from bevport.runtime.decode import decode
+
+    layout = contract.head_layout()
+    if not {name for task in layout for name, _, _ in task.values()} <= {t.name for t in spec.outputs}:
+        return None
+    maps = dict(zip([t.name for t in spec.outputs], ref.arch.reference_outputs(ref.model, recipe, spec, inputs)))
+    tasks = [{attr: torch.from_numpy(maps[name][:, a:b]) for attr, (name, a, b) in task.items()} for task in layout]
+    theirs = centerhead_boxes(ref.model.model.heads["object"], tasks)
+    ours = decode(maps, recipe, contract)
+    same = len(ours) == len(theirs["scores"]) and np.array_equal(ours.labels, theirs["labels"])
+    box_error = _max_abs(ours.boxes, theirs["boxes"].astype(np.float32)) if same else -1.0
+    score_error = _max_abs(ours.scores, theirs["scores"].astype(np.float32)) if same else -1.0
+    tol = float(recipe.export.parity.box_tolerance)
+    return {"boxes": [len(ours), len(theirs["scores"])], "labels_equal": bool(same),
+            "max_abs_box_error": box_error, "max_abs_score_error": score_error, "tolerance": tol,
+            "passed": bool(same and 0 <= box_error <= tol and 0 <= score_error <= tol)}
 
 
 def compare_graph(recipe, spec, graph: Path, ref: LoadedReference, ref64, native64, seed: int) -> Dict:
     arch = architecture(recipe)
     inputs = ref.arch.sample_inputs(recipe, spec, seed)
-    exact = [np.asarray(a, np.float64) for a in arch.reference_outputs(ref64, recipe, spec, inputs)]
-    torch_f32 = arch.reference_outputs(ref.model, recipe, spec, inputs)
+    exact = [np.asarray(a, np.float64) for a in ref.arch.reference_outputs(ref64, recipe, spec, inputs)]
+    torch_f32 = ref.arch.reference_outputs(ref.model, recipe, spec, inputs)
     gate = recipe.export.parity
     report = compare(spec, exact, torch_f32, run_openvino(graph, spec, inputs), float(gate.factor), float(gate.floor))
     if native64 is not None:
@@ -54,6 +89,9 @@ def compare_graph(recipe, spec, graph: Path, ref: LoadedReference, ref64, native
         for t, want, got in zip(spec.outputs, exact, ours):
             report["outputs"][t.name]["native_f64_rel_error"] = relative_error(want, np.asarray(got, np.float64))
     report.update(file=spec.file, seed=seed, inputs={k: list(v.shape) for k, v in inputs.items()})
+    boxes = compare_boxes(recipe, build_contract(recipe), spec, ref, inputs)
+    if boxes is not None:
+        report["decoded"] = boxes
     report["passed"] = first_failure({spec.key: report}) is None
     return report
 
@@ -68,6 +106,7 @@ def reference_parity(recipe, ckpt: Path, source: Path, config: Optional[Path], o
     native = arch.build(recipe)
     load_weights(native, ckpt, warn=warn)
     graphs: Dict[str, Dict] = {}
+    files: Dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bevport-parity-") as tmp, cpu_only() as shims:
         folder = Path(onnx) if onnx else Path(tmp)
         if onnx is None:
@@ -79,8 +118,10 @@ def reference_parity(recipe, ckpt: Path, source: Path, config: Optional[Path], o
             verify_contract(path, spec)
             progress(f"comparing {spec.file} with the training tree's modules")
             graphs[spec.key] = compare_graph(recipe, spec, path, ref, ref64, native64, seed)
+            files[spec.file] = sha256_file(path)
     failure = first_failure(graphs)
-    report = {"recipe": recipe.name, "checkpoint": str(ckpt), "graphs_from": str(onnx) if onnx else "bevport export",
+    report = {"recipe": recipe.name, "checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)},
+              "graphs_from": str(onnx) if onnx else "bevport export", "files": files,
               "inputs": f"seeded (seed {seed})", "reference": ref.describe(), "shims": dict(shims),
               "gate": {"factor": recipe.export.parity.factor, "floor": recipe.export.parity.floor},
               "passed": failure is None, "first_failure": failure, "graphs": graphs}

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+import numpy as np
 import torch
 
 from bevport.errors import BevportError
@@ -201,3 +202,14 @@ def build_model(tree: SourceTree, cfg, ckpt: Path) -> torch.nn.Module:
                              f"{' '.join(first[:3])[:400]}",
                              "use the config the checkpoint was trained with") from None
     return model.eval()
+
+
+def centerhead_boxes(head: torch.nn.Module, tasks) -> Dict[str, np.ndarray]:
+    """The training tree's `CenterHead.get_bboxes` on one sample's raw head maps (a {attribute: tensor} dict per
+    task), with its own bbox coder, test_cfg and NMS (through the iou3d stand-ins): boxes [N, 9] (z = bottom),
+    scores [N], labels [N]."""
+    from mmdet3d.core.bbox import LiDARInstance3DBoxes
+
+    with torch.no_grad(), cpu_only():
+        boxes, scores, labels = head.get_bboxes([[t] for t in tasks], [{"box_type_3d": LiDARInstance3DBoxes}])[0]
+    return {"boxes": boxes.tensor.numpy(), "scores": scores.numpy(), "labels": labels.numpy()}
