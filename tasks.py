@@ -279,16 +279,18 @@ def images_base(c, mirror=None, suites=None, workdir="work/rootfs", force=False)
             "base_from": "registry (digest-pinned defaults) or debian-mirror (bevport-base:* from images.base)",
             "export_base": "base image for the export image (overrides --base-from)",
             "runtime_base": "base image for the runtime image (overrides --base-from)",
-            "gpu_runtime": "debian or intel (runtime image)"})
+            "gpu_runtime": "debian or intel (runtime image)",
+            "reference_sources": "none (default) or pinned: the export image fetches the upstream training trees "
+                                 "at their pinned commits (sha256-checked) for `parity --source pinned`"})
 def images_build(c, kind="both", ca_bundle=None, base_from="registry", export_base=None, runtime_base=None,
-                 gpu_runtime="debian"):
+                 gpu_runtime="debian", reference_sources="none"):
     """Build the export and/or runtime image with the Docker SDK (streamed log)."""
     from bevport.cli import run_reporting_errors
     from bevport.convert.images import build_images
 
     built = run_reporting_errors(build_images, _client(), kind, base_from, Path(ca_bundle) if ca_bundle else None,
                                  gpu_runtime, {"export": export_base, "runtime": runtime_base},
-                                 progress=lambda line: print(line, flush=True))
+                                 progress=lambda line: print(line, flush=True), reference_sources=reference_sources)
     for name, image in built.items():
         _say(f"[green]built[/] {name}: {image}")
 

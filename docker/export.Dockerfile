@@ -9,8 +9,10 @@
 #
 # mmdet3d is not installed. mmdet3d 0.x (PyPI's 0.17.3 and the BEVFusion fork V2XFusion was trained in) lists .cu
 # files among the sources of its iou3d, voxel and spconv ops, so it builds only with nvcc, and torch's extension
-# builder refuses an nvcc whose CUDA major differs from torch 1.11's (10.2 on PyPI); Debian has only 11.2. bevport
-# needs none of it: its model code is its own and is checked against the original.
+# builder refuses an nvcc whose CUDA major differs from torch 1.11's (10.2 on PyPI); Debian has only 11.2. bevport's
+# model code is its own; the reference path (`bevport parity --source`) imports the user's training tree as it is,
+# mounted at run time, with bevport's stand-ins for the three compiled ops its inference path calls, so the image
+# carries the tree's import-time requirements (export.in) and, optionally, the pinned trees themselves.
 ARG BASE_IMAGE=python:3.8-slim-bullseye@sha256:e191a71397fd61fbddb6712cd43ef9a2c17df0b5e7ba67607128554cd6bff267
 
 FROM ${BASE_IMAGE} AS base
@@ -31,7 +33,18 @@ RUN pip install --require-hashes --no-deps -r /tmp/export-build.txt
 COPY docker/requirements/export-sources.txt /tmp/export-sources.txt
 RUN MMCV_WITH_OPS=1 pip wheel --require-hashes --no-deps --no-build-isolation -w /wheels -r /tmp/export-sources.txt
 
+# Optional (`--build-arg REFERENCE_SOURCES=pinned`): the upstream training trees at their pinned commits, fetched as
+# archives and checked against docker/reference-sources.txt, for `bevport parity --source pinned`. Off by default:
+# the build must also work where GitHub cannot be reached.
+FROM base AS reference
+ARG REFERENCE_SOURCES=none
+COPY docker/reference-sources.sh docker/reference-sources.txt /tmp/
+RUN mkdir -p /opt/bevport-reference && if [ "$REFERENCE_SOURCES" = pinned ]; then \
+      setup-python.sh curl && sh /tmp/reference-sources.sh /tmp/reference-sources.txt /opt/bevport-reference; \
+    elif [ "$REFERENCE_SOURCES" != none ]; then echo "REFERENCE_SOURCES must be none or pinned" >&2; exit 1; fi
+
 FROM base
+COPY --from=reference /opt/bevport-reference /opt/bevport-reference
 COPY docker/requirements/export.txt /tmp/export.txt
 RUN pip install --require-hashes --no-deps -r /tmp/export.txt
 COPY --from=wheels /wheels /wheels

@@ -81,6 +81,10 @@ def _config_in_tree(args) -> None:
     """A relative --config names a file of the --source tree (the training scripts run from its root) unless it
     exists as given."""
     source, config = getattr(args, "source", None), args.config
+    if source is not None and str(source) == "pinned":
+        from bevport.reference import resolve_source
+
+        source = resolve_source(source, _load_recipe(argparse.Namespace(**dict(vars(args), config=None))))
     if source is not None and config is not None and not config.is_absolute() and not config.exists():
         args.config = Path(source) / config
 
@@ -423,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_args(p)
     p.add_argument("--ckpt", type=Path, required=True, help="training checkpoint (.pth)")
     p.add_argument("--source", type=Path, required=True,
-                   help="the training repository the checkpoint came from (its mmdet3d/ and configs/)")
+                   help="the training repository the checkpoint came from (its mmdet3d/ and configs/); `pinned`: "
+                        "the upstream tree an export image built with --reference-sources pinned carries")
     p.add_argument("--onnx", type=Path, help="compare these graphs (a `bevport export` folder) instead of exporting")
     p.add_argument("--out", type=Path, default=Path("parity-reference.json"), help="report (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the graph inputs (default 0)")

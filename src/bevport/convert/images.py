@@ -73,11 +73,16 @@ def base_image(kind: str, base_from: str = "registry", override: Optional[str] =
     return base_tag(MIRROR_SUITES[kind]) if base_from == "debian-mirror" else None
 
 
-def image_build_args(kind: str, gpu_runtime: str = "debian") -> Dict[str, str]:
-    """Build arguments of one image beyond the common ones (the runtime image's GPU driver source)."""
+def image_build_args(kind: str, gpu_runtime: str = "debian", reference_sources: str = "none") -> Dict[str, str]:
+    """Build arguments of one image beyond the common ones: the runtime image's GPU driver source, whether the
+    export image fetches the pinned training trees."""
     if gpu_runtime not in GPU_RUNTIMES:
         raise RunnerError(f"--gpu-runtime must be debian or intel, got {gpu_runtime!r}")
-    return {"GPU_RUNTIME": gpu_runtime} if kind == "runtime" else {}
+    if reference_sources not in ("none", "pinned"):
+        raise RunnerError(f"--reference-sources must be none or pinned, got {reference_sources!r}")
+    if kind == "runtime":
+        return {"GPU_RUNTIME": gpu_runtime}
+    return {"REFERENCE_SOURCES": reference_sources} if reference_sources != "none" else {}
 
 
 def lock_commands() -> List[List[str]]:
@@ -227,13 +232,13 @@ def _remove_if_untagged(client, image_id: str) -> None:
 
 def build_images(client, kind: str = "both", base_from: str = "registry", ca_bundle: Optional[Path] = None,
                  gpu_runtime: str = "debian", bases: Optional[Dict[str, Optional[str]]] = None,
-                 progress: Callable[[str], None] = lambda m: None) -> Dict[str, str]:
+                 progress: Callable[[str], None] = lambda m: None, reference_sources: str = "none") -> Dict[str, str]:
     """Build the export and/or runtime image (`kind`: export, runtime or both) on the bases `base_from` selects,
     `bases` overriding one image's base by name; returns {kind: image ID}. Everything is checked before the first
     build starts."""
     kinds = image_kinds(kind)
     chosen = {k: base_image(k, base_from, (bases or {}).get(k)) for k in kinds}
-    extra = {k: image_build_args(k, gpu_runtime) for k in kinds}
+    extra = {k: image_build_args(k, gpu_runtime, reference_sources) for k in kinds}
     return {k: build_image(client, k, chosen[k], ca_bundle, progress, extra[k] or None) for k in kinds}
 
 

@@ -30,7 +30,8 @@ class ConvertRequest:
 
     def __post_init__(self):
         # A relative config names a file of the training tree when there is one (its scripts run from its root).
-        if self.source is not None and self.config is not None and not Path(self.config).is_absolute() \
+        if self.source is not None and str(self.source) != "pinned" and self.config is not None \
+                and not Path(self.config).is_absolute() \
                 and not Path(self.config).exists():
             self.config = Path(self.source) / self.config
 
@@ -52,7 +53,7 @@ def preflight(req: ConvertRequest) -> None:
         raise RunnerError(f"backend must be native or reference, got {req.backend!r}")
     if req.backend == "reference" and req.source is None:
         raise RunnerError("--backend reference needs --source: the training tree whose modules are exported")
-    if req.source is not None and not (Path(req.source) / "mmdet3d").is_dir():
+    if req.source is not None and str(req.source) != "pinned" and not (Path(req.source) / "mmdet3d").is_dir():
         raise RunnerError(f"--source {req.source}: no mmdet3d package there",
                           "point --source at the root of the training repository the checkpoint came from")
     if req.device.upper().startswith("GPU") and render_group() is None:
@@ -69,7 +70,7 @@ def mounts(req: ConvertRequest) -> Mounts:
         table["/in/config"] = (_config_root(req.config), "ro")
     if req.data is not None:
         table["/data"] = (req.data, "ro")
-    if req.source is not None:
+    if req.source is not None and str(req.source) != "pinned":   # pinned: the tree inside the export image
         table["/src"] = (req.source, "ro")
     return Mounts(table)
 
@@ -101,8 +102,8 @@ def plan(req: ConvertRequest) -> List[Step]:
     inputs = {"ckpt": req.ckpt}
     if req.config:
         inputs["config"] = req.config
-    source = ["--source", req.source] if req.source else []
-    if req.source:
+    source = ["--source", req.source if str(req.source) != "pinned" else "pinned"] if req.source else []
+    if req.source and str(req.source) != "pinned":
         inputs["source"] = req.source
     steps = [
         Step("export", "export", ["export"] + common + ["--ckpt", req.ckpt, "--out", onnx, "-q"]

@@ -145,12 +145,14 @@ def run_parity(ckpt: Path, source: Path, out: Path, runner_kind: str = "auto", r
     out.parent.mkdir(parents=True, exist_ok=True)
     req = ConvertRequest(Path(ckpt), out.parent, out.parent, recipe=recipe, config=config, source=Path(source))
     preflight(req)
-    argv = ["parity", "--recipe", recipe, "--ckpt", req.ckpt, "--source", req.source, "--out", out, "-q"] + \
+    pinned = str(source) == "pinned"
+    argv = ["parity", "--recipe", recipe, "--ckpt", req.ckpt, "--source", "pinned" if pinned else req.source,
+            "--out", out, "-q"] + \
         (["--config", req.config] if req.config else []) + (["--onnx", Path(onnx)] if onnx else [])
     table = dict(mounts(req).table)
     if onnx:
         table["/in/onnx"] = (Path(onnx), "ro")
-    inputs = {"ckpt": req.ckpt, "source": req.source}
+    inputs = dict({"ckpt": req.ckpt}, **({} if pinned else {"source": req.source}))
     step = Step("parity", "export", argv, dict(inputs, **({"onnx": Path(onnx)} if onnx else {})), [out])
     runner = (LocalRunner() if resolve_runner(runner_kind, progress) == "local"
               else DockerRunner(docker_client(), Mounts({k: v for k, v in table.items() if k != "/out"})))

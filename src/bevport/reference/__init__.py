@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional
 from torch import nn
 
 from bevport.models import architecture
-from bevport.reference.tree import SourceTree, SourceTreeError, build_model, load_config
+from bevport.reference.tree import SourceTree, SourceTreeError, build_model, centerhead_boxes, load_config
 
 
 def reference_module(recipe):
@@ -53,10 +53,27 @@ def _mmcv_ops() -> str:
         return f"not loadable ({e})"
 
 
+# Where an export image built with REFERENCE_SOURCES=pinned keeps the upstream trees, one folder per recipe.
+PINNED_ROOT = Path("/opt/bevport-reference")
+
+
+def resolve_source(source: Path, recipe) -> Path:
+    """`--source pinned` -> the export image's pinned tree of the recipe; any other value as given."""
+    if str(source) != "pinned":
+        return Path(source)
+    tree = PINNED_ROOT / recipe.name
+    if not (tree / "mmdet3d").is_dir():
+        raise SourceTreeError(f"--source pinned: no pinned training tree at {tree} (this export image was built "
+                              "without the upstream sources)",
+                              "rebuild it with `invoke images.build --kind export --reference-sources pinned`, or "
+                              "pass --source /path/to/the/training/repository")
+    return tree
+
+
 def load_reference(recipe, source: Path, config: Optional[Path], ckpt: Path,
                    progress: Callable[[str], None] = lambda m: None) -> LoadedReference:
     module = reference_module(recipe)
-    tree = SourceTree(source, module.EXPECTED_TREE)
+    tree = SourceTree(resolve_source(source, recipe), module.EXPECTED_TREE)
     progress(f"importing mmdet3d from {tree.root}")
     tree.import_package()
     config = Path(config or recipe.upstream.config)
@@ -66,8 +83,9 @@ def load_reference(recipe, source: Path, config: Optional[Path], ckpt: Path,
     native = architecture(recipe)
     arch = SimpleNamespace(export_modules=module.export_modules, sample_inputs=module.sample_inputs,
                            reference_outputs=getattr(module, "reference_outputs", native.reference_outputs),
-                           export_artifacts=getattr(module, "export_artifacts", lambda m: {}))
+                           export_artifacts=getattr(module, "export_artifacts", lambda m: {}),
+                           tree_boxes=lambda tasks: centerhead_boxes(model.model.heads["object"], tasks))
     return LoadedReference(tree, config, model, arch)
 
 
-__all__ = ["LoadedReference", "SourceTreeError", "load_reference", "reference_module"]
+__all__ = ["LoadedReference", "SourceTreeError", "load_reference", "reference_module", "resolve_source"]

@@ -24,7 +24,7 @@ from bevport.export.onnx_export import export_graphs, verify_contract
 from bevport.export.parity import compare, float64_copy, relative_error, run_openvino
 from bevport.fsutil import atomic_write_bytes, sha256_file
 from bevport.reference import LoadedReference, load_reference
-from bevport.reference.tree import centerhead_boxes, cpu_only
+from bevport.reference.tree import cpu_only
 
 
 class ParityError(BevportError):
@@ -62,11 +62,11 @@ def compare_boxes(recipe, contract, spec, ref: LoadedReference, inputs: Dict[str
     from bevport.runtime.decode import decode
 
     layout = contract.head_layout()
-    if not {name for task in layout for name, _, _ in task.values()} <= {t.name for t in spec.outputs}:
+    if getattr(ref.arch, "tree_boxes", None) is None or not {name for task in layout for name, _, _ in task.values()} <= {t.name for t in spec.outputs}:
         return None
     maps = dict(zip([t.name for t in spec.outputs], ref.arch.reference_outputs(ref.model, recipe, spec, inputs)))
     tasks = [{attr: torch.from_numpy(maps[name][:, a:b]) for attr, (name, a, b) in task.items()} for task in layout]
-    theirs = centerhead_boxes(ref.model.model.heads["object"], tasks)
+    theirs = ref.arch.tree_boxes(tasks)
     ours = decode(maps, recipe, contract)
     same = len(ours) == len(theirs["scores"]) and np.array_equal(ours.labels, theirs["labels"])
     box_error = _max_abs(ours.boxes, theirs["boxes"].astype(np.float32)) if same else -1.0

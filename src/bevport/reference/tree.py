@@ -55,12 +55,12 @@ class StandinFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         module.__bevport_standin__ = True
         for attr, fn in STANDINS.get(name, {}).items():
             setattr(module, attr, self._counted(f"{name}.{attr}", fn))
-        if name in ABSENT:
-            def getattr_(attr: str):
-                if attr.startswith("__"):
-                    raise AttributeError(attr)
-                return _absent_op(name, attr)
-            module.__getattr__ = getattr_
+
+        def getattr_(attr: str):     # every other function of the module: importable, raises when called
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return _absent_op(name, attr)
+        module.__getattr__ = getattr_
 
     def _counted(self, qualified: str, fn: Callable) -> Callable:
         def call(*args, **kwargs):
@@ -113,6 +113,10 @@ class SourceTree:
             raise SourceTreeError(f"another mmdet3d is already imported ({loaded.__file__}), not the one in "
                                  f"--source {self.root}", "run the reference path in a fresh process")
         sys.path.insert(0, str(self.root))
+        # NVIDIA's scripts run as `python scripts/<name>.py`, which puts scripts/ on the path: CUDA-V2XFusion's
+        # modules import its helpers (`import tensor`) from there.
+        if (self.root / "scripts").is_dir():
+            sys.path.insert(1, str(self.root / "scripts"))
         if self.finder not in sys.meta_path:
             sys.meta_path.append(self.finder)
         try:
@@ -180,6 +184,20 @@ def load_config(tree: SourceTree, config: Path):
     return Config(load_config_chain(path), filename=str(path))
 
 
+def _drop_pretrained(node) -> None:
+    """BEVFusion's constructor runs init_weights, which downloads every `init_cfg: Pretrained` checkpoint (ImageNet
+    backbones). The checkpoint loaded next sets every weight (strictly), so those entries go: no download."""
+    if isinstance(node, dict):
+        init = node.get("init_cfg")
+        if isinstance(init, dict) and init.get("type") == "Pretrained":
+            node["init_cfg"] = None
+        for value in node.values():
+            _drop_pretrained(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _drop_pretrained(value)
+
+
 def build_model(tree: SourceTree, cfg, ckpt: Path) -> torch.nn.Module:
     """tools/test.py's model: `build_model(cfg.model, test_cfg=...)`, then `load_checkpoint(..., strict=True,
     map_location="cpu")` as NVIDIA's ptq_v2xfusion.py loads it; eval mode."""
@@ -189,6 +207,7 @@ def build_model(tree: SourceTree, cfg, ckpt: Path) -> torch.nn.Module:
 
     cfg.model.pretrained = None
     cfg.model.train_cfg = None
+    _drop_pretrained(cfg.model)
     try:
         model = upstream_build(cfg.model, test_cfg=cfg.get("test_cfg"))
     except (KeyError, TypeError, ValueError) as e:
@@ -210,6 +229,6 @@ def centerhead_boxes(head: torch.nn.Module, tasks) -> Dict[str, np.ndarray]:
     scores [N], labels [N]."""
     from mmdet3d.core.bbox import LiDARInstance3DBoxes
 
-    with torch.no_grad(), cpu_only():
+    with torch.no_grad():       # on a CPU host inside `cpu_only()`: the tree's NMS wrappers call .cuda()
         boxes, scores, labels = head.get_bboxes([[t] for t in tasks], [{"box_type_3d": LiDARInstance3DBoxes}])[0]
     return {"boxes": boxes.tensor.numpy(), "scores": scores.numpy(), "labels": labels.numpy()}
