@@ -129,6 +129,14 @@ def test_config_expressions_are_not_executed(tmp_path, expr):
         load_config_chain(path)
 
 
+def test_config_key_access_reads_mappings_only(tmp_path):
+    """MIT BEVFusion's camera-only chain writes `${augment2d.resize[0]}` (torchpack configs allow attribute access)."""
+    path = _variant(tmp_path, "augment2d: {resize: [[0.38, 0.55], [0.48, 0.48]]}\nlow: ${augment2d.resize[0]}\n")
+    assert load_config_chain(path)["low"] == [0.38, 0.55]
+    with pytest.raises(RecipeError, match="reads `.rotate`, which is not a key"):
+        load_config_chain(_variant(tmp_path / "second", "augment2d: {resize: 1}\nx: ${augment2d.rotate}\n"))
+
+
 def test_config_missing_name_is_reported(tmp_path):
     path = _variant(tmp_path, "x: ${no_such_setting * 2}\n")
     with pytest.raises(RecipeError, match="no_such_setting"):

@@ -4,8 +4,9 @@ torchpack's `Config.load(path, recursive=True)` loads every `default.yaml` from 
 file's folder (root first), then the file itself, deep-merging each into the result: dicts merge key by key, while
 lists and scalars (null included) replace. mmdet3d's `recursive_eval` then evaluates every `${...}` string as Python
 with the whole config as globals. Here the expressions go through a small whitelisted AST evaluator instead of
-`eval`: literals, names from the config, indexing/slicing, arithmetic, comparisons, conditionals and a few pure
-builtins — enough for the upstream configs, and nothing that can reach the file system or import a module.
+`eval`: literals, names from the config, indexing/slicing, `a.b` as key access on mappings (torchpack configs allow
+it), arithmetic, comparisons, conditionals and a few pure builtins — enough for the upstream configs, and nothing
+that can reach the file system or import a module.
 """
 from __future__ import annotations
 
@@ -151,11 +152,17 @@ class _Evaluator:
             return ev(node.body) if ev(node.test) else ev(node.orelse)
         if isinstance(node, ast.Subscript):
             return ev(node.value)[self._index(node.slice, text)]
+        if isinstance(node, ast.Attribute):      # torchpack's configs are dicts with attribute access
+            value = ev(node.value)
+            if isinstance(value, dict) and node.attr in value:
+                return value[node.attr]
+            raise RecipeError(f"{self.source}: expression `${{{text}}}` reads `.{node.attr}`, which is not a key of "
+                              f"the mapping it is applied to")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS \
                 and not node.keywords:
             return _FUNCTIONS[node.func.id](*[ev(a) for a in node.args])
         raise RecipeError(f"{self.source}: expression `${{{text}}}` uses `{type(node).__name__}`, which bevport does "
-                          "not evaluate (only literals, config names, indexing, arithmetic and len/int/float/min/max)")
+                          "not evaluate (only literals, config names, indexing, key access, arithmetic and len/int/float/min/max)")
 
     def _index(self, node: ast.AST, text: str) -> Any:
         if isinstance(node, ast.Slice):

@@ -181,6 +181,8 @@ def _validate_export(r: Recipe) -> None:
     check_number(r, "export.parity.factor", e.parity.factor, 1)
     check_number(r, "export.parity.floor", e.parity.floor, 0, exclusive=True)
     check_number(r, "export.parity.box_tolerance", e.parity.box_tolerance, 0, exclusive=True)
+    if "geometry_tolerance" in e.parity:
+        check_number(r, "export.parity.geometry_tolerance", e.parity.geometry_tolerance, 0, exclusive=True)
     check(isinstance(e.graphs, dict) and e.graphs, r, "export.graphs", "must map graph keys to graphs")
     for key in e.graphs:
         graph = e.graphs[key]

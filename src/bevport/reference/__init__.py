@@ -8,7 +8,9 @@ export image has them).
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -81,7 +83,11 @@ def load_reference(recipe, source: Path, config: Optional[Path], ckpt: Path,
     progress(f"building the model with the tree's builder and loading {ckpt}")
     model = module.Reference(build_model(tree, cfg, ckpt), recipe).eval()
     native = architecture(recipe)
-    arch = SimpleNamespace(export_modules=module.export_modules, sample_inputs=module.sample_inputs,
+    sample = module.sample_inputs
+    if "model" in inspect.signature(sample).parameters:       # inputs that depend on the tree's model (its rig cells)
+        sample = functools.partial(sample, model=model)
+    arch = SimpleNamespace(export_modules=module.export_modules, sample_inputs=sample,
+                           checks=getattr(module, "checks", lambda *a: {}),
                            reference_outputs=getattr(module, "reference_outputs", native.reference_outputs),
                            export_artifacts=getattr(module, "export_artifacts", lambda m: {}),
                            tree_boxes=lambda tasks: centerhead_boxes(model.model.heads["object"], tasks))

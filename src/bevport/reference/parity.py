@@ -40,6 +40,9 @@ def first_failure(graphs: Dict[str, Dict]) -> Optional[str]:
                 if not error <= o["bound"]:
                     return (f"{report['file']}:{name} ({check} rel. error {error:.2e} > bound {o['bound']:.2e}, "
                             f"PyTorch float32's own {o['torch_f32_rel_error']:.2e})")
+        for name, check in (report.get("checks") or {}).items():
+            if not check["passed"]:
+                return f"{report['file']}: {name} ({', '.join(f'{k} {v}' for k, v in check.items() if k != 'passed')})"
         boxes = report.get("decoded")
         if boxes is not None and not boxes["passed"]:
             return (f"{report['file']}: decoded boxes (bevport {boxes['boxes'][0]} vs the tree's "
@@ -89,6 +92,9 @@ def compare_graph(recipe, spec, graph: Path, ref: LoadedReference, ref64, native
         for t, want, got in zip(spec.outputs, exact, ours):
             report["outputs"][t.name]["native_f64_rel_error"] = relative_error(want, np.asarray(got, np.float64))
     report.update(file=spec.file, seed=seed, inputs={k: list(v.shape) for k, v in inputs.items()})
+    extra = getattr(ref.arch, "checks", lambda *a: {})(ref.model, recipe, spec, inputs)
+    if extra:
+        report["checks"] = extra
     boxes = compare_boxes(recipe, build_contract(recipe), spec, ref, inputs)
     if boxes is not None:
         report["decoded"] = boxes

@@ -139,3 +139,7 @@ ABSENT = (
     "mmdet3d.ops.furthest_point_sample.furthest_point_sample_ext", "mmdet3d.ops.gather_points.gather_points_ext",
     "mmdet3d.ops.feature_decorator.feature_decorator_ext",
 )
+
+# CUDA-only packages a tree imports without calling them on the inference path: MIT BEVFusion's radar encoder
+# (326653d) imports flash_attn's FlashMHA at module level. Served, with their submodules, as absent ops.
+ABSENT_PACKAGES = ("flash_attn",)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bevport.errors import BevportError
-from bevport.reference.standins import ABSENT, STANDINS
+from bevport.reference.standins import ABSENT, ABSENT_PACKAGES, STANDINS
 
 
 class SourceTreeError(BevportError):
@@ -45,6 +45,8 @@ class StandinFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path, target=None):
         if fullname in STANDINS or fullname in ABSENT:
             return importlib.util.spec_from_loader(fullname, self)
+        if fullname.split(".")[0] in ABSENT_PACKAGES:
+            return importlib.util.spec_from_loader(fullname, self, is_package="." not in fullname)
         return None
 
     def create_module(self, spec):
@@ -73,7 +75,8 @@ class StandinFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def report(self) -> Dict[str, Dict]:
         """Per extension module the tree imported: where it came from, and the stand-in calls made."""
         out = {}
-        for name in sorted(set(STANDINS) | set(ABSENT)):
+        served = [m for m in sys.modules if m.split(".")[0] in ABSENT_PACKAGES]
+        for name in sorted(set(STANDINS) | set(ABSENT) | set(served)):
             module = sys.modules.get(name)
             if module is None:
                 continue
