@@ -43,12 +43,58 @@ def _onnx_export(module: torch.nn.Module, args, spec: GraphSpec, path: Path, ops
         torch.onnx.export(module, args, str(path), **kwargs)
 
 
+def explicit_squeeze_axes(model):
+    """Give every axis-less Squeeze the axes its input's static size-1 dimensions name. `x.squeeze()` (training code
+    does it: PillarFeatureNet's output) traces to a Squeeze whose output rank depends on the input's dynamic
+    dimensions, which OpenVINO's CPU plugin refuses; a dynamic dimension (the voxel count) is never squeezed."""
+    import onnx
+    from onnx import numpy_helper
+
+    squeezes = [n for n in model.graph.node if n.op_type == "Squeeze" and len(n.input) == 1]
+    dynamic = any(d.dim_param for v in model.graph.input for d in v.type.tensor_type.shape.dim)
+    if not squeezes or not dynamic:      # in a static graph onnxsim folds every shape, these Squeezes included
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {v.name: v.type.tensor_type.shape for v in list(inferred.value_info) + list(inferred.input)}
+    for i, node in enumerate(squeezes):
+        shape = shapes.get(node.input[0])
+        if shape is None or not len(shape.dim):
+            continue
+        axes = [k for k, d in enumerate(shape.dim) if d.HasField("dim_value") and d.dim_value == 1]
+        name = f"{node.name or 'squeeze'}_axes_{i}"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+        node.input.append(name)
+    return model
+
+
+def _static_outputs(model, spec: GraphSpec):
+    """Declared output shapes where the tracer left them symbolic: what ONNX inference gives, else the contract's
+    static sizes. Nothing is taken on trust: OpenVINO propagates the static input shapes through the graph when
+    `verify_contract` reads it, and parity compares the arrays."""
+    inferred = {v.name: v for v in model.graph.value_info}
+    for out in model.graph.output:
+        if out.name in inferred:
+            out.type.tensor_type.shape.CopyFrom(inferred[out.name].type.tensor_type.shape)
+        want = spec.output(out.name).shape
+        for dim, size in zip(out.type.tensor_type.shape.dim, want):
+            if dim.dim_param and isinstance(size, int):
+                dim.dim_value = size
+    return model
+
+
 def _simplify(path: Path, spec: GraphSpec) -> None:
     import onnx
     import onnxsim
 
-    model = onnx.load(str(path))
-    simplified, ok = onnxsim.simplify(model)
+    model = explicit_squeeze_axes(onnx.load(str(path)))
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except onnx.shape_inference.InferenceError:
+        # onnxsim's shape inference over its own constant-folded graph can trip on shapes a tracer recorded from
+        # Python ints (mmdet's Swin-T, traced by torch 1.11); the graph itself is valid (strict ONNX inference
+        # passes), so fold constants without onnxsim's inference pass.
+        simplified, ok = onnxsim.simplify(model, skip_shape_inference=True)
+        simplified = _static_outputs(onnx.shape_inference.infer_shapes(simplified), spec)
     if not ok:
         raise ExportError(f"{spec.file}: onnxsim could not validate the simplified graph")
     onnx.save(simplified, str(path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -211,13 +212,22 @@ def build_model(tree: SourceTree, cfg, ckpt: Path) -> torch.nn.Module:
     cfg.model.pretrained = None
     cfg.model.train_cfg = None
     _drop_pretrained(cfg.model)
+    quiet = logging.getLogger("bevport.reference")          # mmcv logs every initialised tensor at INFO
+    quiet.setLevel(logging.WARNING)
+    from mmcv.utils import get_logger
+
+    mmcv_logger = get_logger("mmcv")      # created here so that init_weights does not reset its level
+    level = mmcv_logger.level
+    mmcv_logger.setLevel(logging.WARNING)
     try:
         model = upstream_build(cfg.model, test_cfg=cfg.get("test_cfg"))
     except (KeyError, TypeError, ValueError) as e:
         raise SourceTreeError(f"the training tree's builder rejected the config: {e}",
                              f"check that the config belongs to this tree ({tree.expected})") from None
+    finally:
+        mmcv_logger.setLevel(level)
     try:
-        load_checkpoint(model, str(ckpt), map_location="cpu", strict=True, logger=None)
+        load_checkpoint(model, str(ckpt), map_location="cpu", strict=True, logger=quiet)
     except (RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()
         raise SourceTreeError(f"{ckpt} does not load into the model the config builds (strict): "

@@ -27,6 +27,7 @@ class Reference(nn.Module):
         super().__init__()
         self.model = model
         self.neck_output_level = recipe.model.camera.neck.output_level
+        self.pillar_channels = int(recipe.model.lidar.pfn.feat_channels[-1])
 
     @property
     def pfn(self) -> nn.Module:
@@ -43,7 +44,8 @@ class Reference(nn.Module):
     def pillar_features(self, feats: torch.Tensor, sizes: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """The trained PFN on voxels of at most `max_num_points` points. Upstream divides the point sum by the count,
         so padding rows (count 0) would be 0/0: they are given count 1, which leaves every real voxel unchanged."""
-        return self.pfn(feats, sizes.clamp(min=1), coords).reshape(feats.shape[0], -1)
+        # upstream ends in `.squeeze()`: [V, 64] for V > 1; the reshape keeps V = 1 and the graph's V dynamic
+        return self.pfn(feats, sizes.clamp(min=1), coords).reshape(-1, self.pillar_channels)
 
     def decode_bev(self, cam_bev: torch.Tensor, lidar_bev: torch.Tensor) -> torch.Tensor:
         x = self.model.fuser([cam_bev, lidar_bev])
