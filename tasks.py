@@ -157,9 +157,10 @@ def convert(c, ckpt=None, data=None, config=None, recipe=None, runner="docker", 
       help={"ckpt": "training checkpoint (.pth), required", "source": "the training repository, required",
             "config": "training config (relative: inside --source)", "recipe": "recipe name or path",
             "onnx": "compare this export folder instead of exporting", "out": "report (parity-reference.json)",
+            "data": "also compare on the first frames of this dataset (default: seeded inputs only)",
             "runner": "auto (default: the export image when Docker has it), docker or local"})
 def parity(c, ckpt=None, source=None, config=None, recipe=None, onnx=None, out="work/parity-reference.json",
-           runner="auto"):
+           runner="auto", data=None):
     """bevport's graphs against the user's own training code (the tree at --source) on the same inputs."""
     from bevport.cli import console, run_reporting_errors
     from bevport.convert.run import run_parity
@@ -171,7 +172,7 @@ def parity(c, ckpt=None, source=None, config=None, recipe=None, onnx=None, out="
     report = run_reporting_errors(run_parity, Path(ckpt), Path(source), Path(out), runner,
                                   progress=lambda m: console.print(f"[dim]parity:[/] {m}"),
                                   **_given(recipe=recipe, config=Path(config) if config else None,
-                                           onnx=Path(onnx) if onnx else None))
+                                           onnx=Path(onnx) if onnx else None, data=Path(data) if data else None))
     console.print(f"[green]parity[/]: every graph within bounds of the training tree's code -> {report}")
 
 

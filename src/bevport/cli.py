@@ -123,7 +123,8 @@ def cmd_parity(args) -> None:
     recipe = _load_recipe(args)
     with _Progress(args.quiet) as progress:
         report = reference_parity(recipe, args.ckpt, args.source, args.config, args.out, onnx=args.onnx,
-                                  seed=args.seed, progress=progress, warn=_warn)
+                                  seed=args.seed, data=args.data, frames=args.frames, split=args.split,
+                                  progress=progress, warn=_warn)
     if args.quiet:
         return
     table = Table(box=None, pad_edge=False)
@@ -432,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, help="compare these graphs (a `bevport export` folder) instead of exporting")
     p.add_argument("--out", type=Path, default=Path("parity-reference.json"), help="report (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the graph inputs (default 0)")
+    p.add_argument("--data", type=Path, help="also compare on the first frames of this dataset (the recipe's format), "
+                                             "each graph on the inputs bevport's pipeline gives it")
+    p.add_argument("--frames", type=int, default=2, help="dataset frames with --data (default %(default)s)")
+    p.add_argument("--split", help="dataset split with --data (as for calibrate)")
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("synth-ckpt", help="write a deterministic synthetic checkpoint in the upstream layout")

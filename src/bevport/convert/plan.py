@@ -128,6 +128,7 @@ def plan(req: ConvertRequest) -> List[Step]:
     ]
     if req.source and req.backend == "native":   # one more gate: bevport's graphs against the user's own code
         steps.insert(1, Step("parity", "export", ["parity"] + common + ["--ckpt", req.ckpt] + source
-                             + ["--onnx", onnx, "--out", w / "parity-reference.json", "-q"],
-                             dict(inputs, onnx=onnx / "export.json"), [w / "parity-reference.json"]))
+                             + ["--onnx", onnx, "--out", w / "parity-reference.json", "-q"] + data,
+                             dict(inputs, onnx=onnx / "export.json", **({"data": req.data} if req.data else {})),
+                             [w / "parity-reference.json"]))
     return steps

@@ -137,18 +137,20 @@ def run_convert(req: ConvertRequest, runner_kind: str = "docker", force: bool = 
 
 
 def run_parity(ckpt: Path, source: Path, out: Path, runner_kind: str = "auto", recipe: str = DEFAULT_RECIPE,
-               config: Optional[Path] = None, onnx: Optional[Path] = None,
+               config: Optional[Path] = None, onnx: Optional[Path] = None, data: Optional[Path] = None,
                progress: Callable[[str], None] = lambda m: None) -> Path:
     """`bevport parity --source` where the training tree can be imported: the export image (tree mounted read-only
     at /src), or this environment when it has mmcv and mmdet (`--runner local`)."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    req = ConvertRequest(Path(ckpt), out.parent, out.parent, recipe=recipe, config=config, source=Path(source))
+    req = ConvertRequest(Path(ckpt), out.parent, out.parent, recipe=recipe, config=config, source=Path(source),
+                         data=Path(data) if data else None)
     preflight(req)
     pinned = str(source) == "pinned"
     argv = ["parity", "--recipe", recipe, "--ckpt", req.ckpt, "--source", "pinned" if pinned else req.source,
             "--out", out, "-q"] + \
-        (["--config", req.config] if req.config else []) + (["--onnx", Path(onnx)] if onnx else [])
+        (["--config", req.config] if req.config else []) + (["--onnx", Path(onnx)] if onnx else []) + \
+        (["--data", req.data] if req.data else [])
     table = dict(mounts(req).table)
     if onnx:
         table["/in/onnx"] = (Path(onnx), "ro")

@@ -88,6 +88,7 @@ def load_reference(recipe, source: Path, config: Optional[Path], ckpt: Path,
         sample = functools.partial(sample, model=model)
     arch = SimpleNamespace(export_modules=module.export_modules, sample_inputs=sample,
                            checks=getattr(module, "checks", lambda *a: {}),
+                           prepare_feed=getattr(module, "prepare_feed", lambda recipe, spec, feed: feed),
                            reference_outputs=getattr(module, "reference_outputs", native.reference_outputs),
                            export_artifacts=getattr(module, "export_artifacts", lambda m: {}),
                            tree_boxes=lambda tasks: centerhead_boxes(model.model.heads["object"], tasks))

@@ -160,3 +160,9 @@ def reference_outputs(model: Reference, recipe, spec: GraphSpec, inputs: Dict[st
     rig = [torch.from_numpy(inputs[k]).to(dtype) for k in RIG_KEYS]
     return [model.pool_points(context, depth, *rig).numpy()]
 
+
+
+def prepare_feed(recipe, spec: GraphSpec, feed: Dict[str, np.ndarray]):
+    """A dataset frame's inputs for the comparison; the pool part is compared on the seeded rig only (a recorded
+    feed holds the rig's tables, not the rig the tree's geometry needs)."""
+    return None if spec.key == POOL else feed

@@ -86,3 +86,16 @@ def sample_inputs(recipe, spec: GraphSpec, seed: int = 0) -> Dict[str, np.ndarra
     v, slots, _ = spec.inputs[0].concrete_shape(native.DYNAMIC_V)
     counts = np.where(rng.uniform(size=v) < 0.3, rng.integers(11, slots + 1, v), rng.integers(1, 11, v))
     return dict(zip([t.name for t in spec.inputs], native.random_pillars(recipe, rng, counts, slots)))
+
+
+def prepare_feed(recipe, spec: GraphSpec, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """A dataset frame's inputs (as `bevport calibrate` records them) for the comparison: the PFE's padding rows
+    (count 0, which the original code never sees) are replaced by the frame's real voxels, repeated."""
+    if spec.key not in (PFE, PFE_DYNAMIC):
+        return feed
+    names = [t.name for t in spec.inputs]
+    real = np.flatnonzero(feed[names[1]] > 0)
+    if real.size == 0:
+        return None
+    rows = real[np.arange(len(feed[names[1]])) % real.size]
+    return {name: feed[name][rows] for name in names}
