@@ -338,3 +338,68 @@ def test_compare_graph_passes_the_same_model_and_names_a_perturbed_one(recipe, m
     assert not diff["passed"]
     assert first_failure({"head": diff}).startswith("head.onnx:reg2 (")
     assert [n for n, o in diff["outputs"].items() if o["max_rel_error"] > o["bound"]] == ["reg2"]
+
+
+# ------------------------------------------------------------------------------ export and data-frame helpers
+
+def test_an_axisless_squeeze_gets_axes_and_keeps_the_dynamic_dimension(tmp_path):
+    """Training code ends the PFN in `.squeeze()`: exported as is, OpenVINO's CPU plugin refuses the dynamic rank."""
+    import onnx
+    import openvino as ov
+
+    from bevport.export.onnx_export import explicit_squeeze_axes
+
+    class Squeezing(torch.nn.Module):
+        def forward(self, x):
+            return (x.max(dim=1, keepdim=True)[0] * 2).squeeze()
+
+    path = tmp_path / "squeeze.onnx"
+    torch.onnx.export(Squeezing(), (torch.rand(5, 10, 64),), str(path), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "V"}}, opset_version=13,
+                      **({"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}))
+    model = explicit_squeeze_axes(onnx.load(str(path)))
+    squeeze = next(n for n in model.graph.node if n.op_type == "Squeeze")
+    axes = next(i for i in model.graph.initializer if i.name == squeeze.input[1])
+    assert list(onnx.numpy_helper.to_array(axes)) == [1]
+    onnx.save(model, str(path))
+    compiled = ov.Core().compile_model(str(path), "CPU")
+    x = np.random.default_rng(0).random((7, 10, 64), dtype=np.float32)
+    np.testing.assert_allclose(compiled(x)[0], x.max(axis=1) * 2, rtol=1e-6)
+
+
+def test_decoded_boxes_match_exactly_or_only_where_scores_tie():
+    from bevport.reference.parity import _match, _tied_scores
+
+    rng = np.random.default_rng(4)
+    boxes = rng.normal(size=(6, 9)).astype(np.float32)
+    ours = {"boxes": boxes, "scores": np.float32([0.9, 0.8, 1.0, 0.95, 0.7, 0.6]), "labels": np.int32([0, 0, 1, 1, 2, 2])}
+    theirs = {k: v[::-1].copy() for k, v in ours.items()}                  # the same boxes in another order
+    assert _match(ours, theirs, 1e-4)["passed"]
+    theirs["boxes"][0, 0] += 1e-3
+    assert not _match(ours, theirs, 1e-4)["passed"]
+    tied = dict(ours, scores=np.float32([0.9, 0.8, 1.0, 1.0, 0.7, 0.6]))
+    assert _tied_scores(tied["scores"]).tolist() == [1.0]
+    swapped = {k: v[[0, 1, 3, 2, 4, 5]] for k, v in tied.items()}            # tied boxes: order undefined
+    assert not _match(tied, swapped, 1e-4)["passed"]
+
+
+def test_pfe_feeds_from_frames_replace_padding_rows_with_real_voxels(recipe, contract):
+    from bevport.reference.v2xfusion import prepare_feed
+
+    spec = contract["lidar_pfe"]
+    names = [t.name for t in spec.inputs]
+    feed = {names[0]: np.arange(5 * 100 * 4, dtype=np.float32).reshape(5, 100, 4),
+            names[1]: np.int32([3, 12, 0, 0, 0]), names[2]: np.int32([[0, 1, 2, 0]] * 5)}
+    out = prepare_feed(recipe, spec, feed)
+    assert out[names[1]].tolist() == [3, 12, 3, 12, 3]
+    np.testing.assert_array_equal(out[names[0]][2], feed[names[0]][0])
+    assert prepare_feed(recipe, contract["fuser"], feed) is feed
+
+
+def test_source_pinned_outside_a_pinned_export_image_names_the_fix(recipe):
+    from bevport.reference import SourceTreeError, resolve_source
+
+    assert resolve_source(Path("/some/tree"), recipe) == Path("/some/tree")
+    with pytest.raises(SourceTreeError, match="--source pinned: no pinned training tree") as e:
+        resolve_source(Path("pinned"), recipe)
+    assert "--reference-sources pinned" in str(e.value)
