@@ -152,3 +152,22 @@ def test_camera_only_convert_in_docker(tmp_path):
     parts = ("image_encoder", "lift", "pool", "downsample", "decoder")
     assert deploy == {"frustum.npy"} | {f"{p}.onnx" for p in parts} | \
         {f"quantized_{p}.{ext}" for p in parts for ext in ("xml", "bin")}
+
+
+@pytest.mark.docker
+def test_the_export_image_runs_the_reference_hook_on_a_tree_mounted_read_only(tmp_path):
+    """The reference path's machinery in the image's own Python, torch 1.11 and mmcv-full (no upstream sources
+    needed): a small tree written here imports through the stand-in hook from a read-only /src, the stand-in BEV pool
+    computes, an absent op names itself; the tree's import-time requirement (numba) is there, torchpack is gone."""
+    from test_reference import FAKE_TREE, RUN, _write
+
+    tree = _write(tmp_path / "tree", FAKE_TREE)
+    client = docker_client()
+    out = client.containers.run(image_tag("export"), ["python3", "-c", RUN, "/src"], remove=True,
+                                network_disabled=True, volumes={str(tree): {"bind": "/src", "mode": "ro"}})
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["pooled"] == [[[[[2.0, 4.0], [0.0, 0.0]], [[0.0, 0.0], [4.0, 5.0]]]]]
+    assert "sparse_conv_ext.indice_conv is a compiled op" in result["absent"]
+    assert result["report"]["mmdet3d.ops.bev_pool.bev_pool_ext"]["calls"] == {"bev_pool_forward": 1}
+    assert importable(client, "export", "numba", "mmcv", "mmdet", "torchpack") == \
+        {"numba": True, "mmcv": True, "mmdet": True, "torchpack": False}

@@ -20,7 +20,7 @@ from bevport.checkpoint import load_weights
 from bevport.contract import build_contract
 from bevport.models import architecture
 from bevport.errors import BevportError
-from bevport.export.onnx_export import export_graphs, verify_contract
+from bevport.export.onnx_export import export, verify_contract
 from bevport.export.parity import compare, float64_copy, relative_error, run_openvino
 from bevport.fsutil import atomic_write_bytes, sha256_file
 from bevport.reference import LoadedReference, load_reference
@@ -174,10 +174,10 @@ def reference_parity(recipe, ckpt: Path, source: Path, config: Optional[Path], o
     graphs: Dict[str, Dict] = {}
     files: Dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bevport-parity-") as tmp, cpu_only() as shims:
-        folder = Path(onnx) if onnx else Path(tmp)
+        folder = Path(onnx) if onnx else Path(tmp) / "onnx"
         if onnx is None:
             progress("exporting bevport's graphs (native backend)")
-            export_graphs(arch, native, recipe, contract, folder, progress)
+            export(recipe, ckpt, folder, progress=progress, warn=warn)
         ref64, native64 = float64_copy(ref.model), float64_copy(native)
         feeds = {} if data is None else frame_feeds(recipe, folder, data, frames, split, Path(tmp) / "feeds",
                                                     progress, warn)
