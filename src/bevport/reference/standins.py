@@ -80,11 +80,23 @@ def _xyxyr(boxes: torch.Tensor) -> np.ndarray:
     return boxes.detach().cpu().float().numpy().reshape(-1, 5)
 
 
+def _quiet(fn: Callable) -> Callable:
+    """Untrained weights decode to boxes whose sizes overflow float32; the kernel computes on them silently (they
+    lose every IoU comparison), and so do the stand-ins."""
+    def call(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return fn(*args, **kwargs)
+    call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+    return call
+
+
+@_quiet
 def boxes_iou_bev_gpu(boxes_a: torch.Tensor, boxes_b: torch.Tensor, ans_iou: torch.Tensor) -> None:
     """Rotated BEV IoU of [x1, y1, x2, y2, yaw] boxes, the kernel's geometry (corners rotated by -yaw)."""
     ans_iou[:] = torch.from_numpy(rotated_iou_bev(_xyxyr(boxes_a), _xyxyr(boxes_b))).to(ans_iou.dtype)
 
 
+@_quiet
 def boxes_overlap_bev_gpu(boxes_a: torch.Tensor, boxes_b: torch.Tensor, ans_overlap: torch.Tensor) -> None:
     ans_overlap[:] = torch.from_numpy(rotated_overlap_bev(_xyxyr(boxes_a), _xyxyr(boxes_b))).to(ans_overlap.dtype)
 
@@ -101,12 +113,14 @@ def _greedy_keep(suppress: np.ndarray, keep: torch.Tensor) -> int:
     return len(kept)
 
 
+@_quiet
 def nms_gpu(boxes: torch.Tensor, keep: torch.Tensor, thresh: float, device_id=None) -> int:
     """Rotated NMS over boxes sorted by score: a box goes when its IoU with a kept box is > thresh."""
     b = _xyxyr(boxes)
     return _greedy_keep(rotated_iou_bev(b, b) > np.float32(thresh), keep)
 
 
+@_quiet
 def nms_normal_gpu(boxes: torch.Tensor, keep: torch.Tensor, thresh: float, device_id=None) -> int:
     """Axis-aligned NMS (the yaw column ignored), IoU = overlap / max(union, 1e-8) in float32 as the kernel."""
     b = _xyxyr(boxes)
