@@ -170,7 +170,7 @@ def parity(c, ckpt=None, source=None, config=None, recipe=None, onnx=None, out="
                       "it came from")
         raise SystemExit(1)
     report = run_reporting_errors(run_parity, Path(ckpt), Path(source), Path(out), runner,
-                                  progress=lambda m: console.print(f"[dim]parity:[/] {m}"),
+                                  progress=lambda m: console.print(f"[dim]{m}[/]"),
                                   **_given(recipe=recipe, config=Path(config) if config else None,
                                            onnx=Path(onnx) if onnx else None, data=Path(data) if data else None))
     console.print(f"[green]parity[/]: every graph within bounds of the training tree's code -> {report}")
