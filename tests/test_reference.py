@@ -14,33 +14,10 @@ import pytest
 import torch
 
 from bevport.reference import standins
+from test_voxelize import loop_voxelize
 
 
 # ------------------------------------------------------------------------------------------- dense references
-
-def dense_hard_voxelize(points, voxel_size, lo_hi, max_points, max_voxels):
-    """The CPU kernel's loop, one point at a time."""
-    lo, hi, vs = np.float32(lo_hi[:3]), np.float32(lo_hi[3:]), np.float32(voxel_size)
-    grid = np.round((hi - lo) / vs).astype(int)
-    index, voxels, coords, counts = {}, [], [], []
-    for p in points.astype(np.float32):
-        c = np.floor((p[:3] - lo) / vs)
-        if np.any(c < 0) or np.any(c >= grid):
-            continue
-        key = tuple(int(v) for v in c)
-        if key not in index:
-            if len(index) >= max_voxels:
-                continue
-            index[key] = len(voxels)
-            voxels.append(np.zeros((max_points, points.shape[1]), np.float32))
-            coords.append(key)
-            counts.append(0)
-        v = index[key]
-        if counts[v] < max_points:
-            voxels[v][counts[v]] = p
-            counts[v] += 1
-    return np.array(voxels), np.array(coords), np.array(counts)
-
 
 def test_hard_voxelize_matches_the_kernel_loop():
     rng = np.random.default_rng(0)
@@ -54,7 +31,7 @@ def test_hard_voxelize_matches_the_kernel_loop():
         num = torch.zeros(max_voxels, dtype=torch.int32)
         m = standins.hard_voxelize(torch.from_numpy(pts).float(), voxels, coors, num, [0.5, 0.5, 8.0], rng_, 10,
                                    max_voxels, 3, True)
-        want_v, want_c, want_n = dense_hard_voxelize(pts, [0.5, 0.5, 8.0], rng_, 10, max_voxels)
+        want_v, want_c, want_n, _, _ = loop_voxelize(pts, rng_, [0.5, 0.5, 8.0], 10, max_voxels)
         assert m == len(want_n) and (m == 60) == (max_voxels == 60)
         np.testing.assert_array_equal(voxels[:m].numpy(), want_v)
         np.testing.assert_array_equal(coors[:m].numpy(), want_c)
