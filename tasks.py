@@ -232,12 +232,15 @@ def test(c, slow=False, docker=False, k=None, reference=None):
 @task
 def benchmarks(c):
     """The scripts in benchmarks/: export, parity, geometry, camera-only pooling, calibrate+quantize, inference, resume,
-    accuracy and INT8 tuning -> benchmarks/results/*.json."""
+    accuracy and INT8 tuning (+ parity against the upstream trees when BEVPORT_REFERENCE_SRC names them)
+    -> benchmarks/results/*.json."""
     with c.cd(str(ROOT)):
         c.run(f"{PY} benchmarks/export.py")
         c.run(f"{PY} benchmarks/parity.py")
         c.run(f"{PY} benchmarks/pool.py")
         c.run(f"{PY} benchmarks/camera_only.py")
+        if os.environ.get("BEVPORT_REFERENCE_SRC"):     # the upstream trees (DEVELOPERS.md) and the export image
+            c.run(f"{PY} benchmarks/reference_parity.py")
     with c.cd(str(ROOT / "benchmarks")):
         c.run(f"{PY} quantize.py --out results/quantize.json")
         c.run(f"{PY} infer.py --out results/infer.json")
