@@ -510,8 +510,9 @@ def test_no_task_writes_a_default_that_belongs_to_the_cli_or_the_recipe():
     assert "recipe" in inspect.signature(tasks.convert.body).parameters
 
 
-def test_benchmarks_task_runs_the_scripts_in_benchmarks():
+def test_benchmarks_task_runs_the_scripts_in_benchmarks(monkeypatch):
     tasks = _tasks_module()
+    monkeypatch.delenv("BEVPORT_REFERENCE_SRC", raising=False)
     c = _recording_context()
     tasks.benchmarks(c)
     scripts = [cmd.split()[1] for _, cmd in c.ran]
@@ -520,6 +521,10 @@ def test_benchmarks_task_runs_the_scripts_in_benchmarks():
                        "int8_tuning.py"]
     assert all((ROOT / "benchmarks" / Path(s).name).is_file() for s in scripts)
     assert c.ran[4][0] == str(ROOT / "benchmarks")
+    monkeypatch.setenv("BEVPORT_REFERENCE_SRC", "/trees")          # the upstream trees: one more script
+    c = _recording_context()
+    tasks.benchmarks(c)
+    assert [cmd.split()[1] for _, cmd in c.ran][4] == "benchmarks/reference_parity.py"
 
 
 def test_convert_task_builds_a_request_with_the_recipe_defaults(tmp_path, monkeypatch):
