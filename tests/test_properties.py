@@ -110,6 +110,7 @@ JUNK = st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=5), st.list
 @given(edits=st.lists(st.tuples(st.sampled_from(LEAVES), JUNK), min_size=1, max_size=3))
 @example(edits=[(("model", "camera", "backbone", "out_indices", 0), 1024.0)])    # 2 ** 1024.0 overflowed
 @example(edits=[(("model", "camera", "backbone", "out_indices", 1), -3)])
+@example(edits=[(("model", "lidar", "voxelize", "point_cloud_range", 0), 1.4381545078898528e+308)])  # span -> inf
 def test_a_recipe_with_junk_anywhere_loads_or_names_the_problem(edits):
     data = copy.deepcopy(BASE)
     for path, value in edits:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -80,16 +81,23 @@ class Recipe(Node):
     def bev_shape(self) -> List[int]:
         """[nx, ny] of the view transform's BEV grid (dim 2 = x forward, dim 3 = y left)."""
         vt = self.model.camera.vtransform
-        return [cells(vt.xbound), cells(vt.ybound)]
+        return [cells(vt.xbound, self, "model.camera.vtransform.xbound"),
+                cells(vt.ybound, self, "model.camera.vtransform.ybound")]
 
     @property
     def class_names(self) -> List[str]:
         return [name for task in self.model.head.tasks for name in task]
 
 
-def cells(bound: Sequence[float]) -> int:
-    """Cells of a [min, max, step] bound."""
-    return int(round((bound[1] - bound[0]) / bound[2]))
+def cells(bound: Sequence[float], recipe: Optional[Node] = None, field: str = "bound") -> int:
+    """Cells of a [min, max, step] bound; a span that overflows float64 is named as the recipe's `field`."""
+    span = (bound[1] - bound[0]) / bound[2]
+    if not math.isfinite(span):
+        message = f"is {list(bound)}: no finite number of cells"
+        if recipe is None:
+            raise RecipeError(f"{field} {message}")
+        check(False, recipe, field, message)
+    return int(round(span))
 
 
 def check(condition: bool, recipe: Node, field: str, message: str) -> None:

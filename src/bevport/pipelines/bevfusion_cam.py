@@ -104,7 +104,7 @@ def check_recipe(r) -> None:
           f"is {list(vt.feature_size)} but image_size {list(inp.image_size)} at stride {stride} gives {feature}")
     check(vt.dbound[0] < vt.dbound[1] and vt.dbound[2] > 0, r, "model.camera.vtransform.dbound",
           f"is {list(vt.dbound)}; expected [depth_start, depth_stop, depth_step] in metres")
-    check(cells(vt.zbound) == 1, r, "model.camera.vtransform.zbound", "must span a single bin (BEV has one z cell)")
+    check(cells(vt.zbound, r, "model.camera.vtransform.zbound") == 1, r, "model.camera.vtransform.zbound", "must span a single bin (BEV has one z cell)")
     check(vt.downsample in (1, 2), r, "model.camera.vtransform.downsample", "must be 1 or 2 (upstream's choices)")
     dec = m.decoder
     check(dec.backbone.in_channels == vt.out_channels, r, "model.decoder.backbone.in_channels",

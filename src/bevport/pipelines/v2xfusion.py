@@ -96,8 +96,9 @@ def check_recipe(r) -> None:
     check(vt.downsample == 1, r, "model.camera.vtransform.downsample", "must be 1 (the V2X transform has no downsample)")
     check(float(vt.dbound[2]).is_integer() and vt.dbound[2] >= 1 and vt.dbound[0] < vt.dbound[1], r,
           "model.camera.vtransform.dbound", f"is {list(vt.dbound)}; expected [height_min, height_max, num_bins]")
-    check(cells(vt.zbound) == 1, r, "model.camera.vtransform.zbound", "must span a single bin (BEV has one z cell)")
-    grid = [cells([vox.point_cloud_range[i], vox.point_cloud_range[i + 3], vox.voxel_size[i]]) for i in range(3)]
+    check(cells(vt.zbound, r, "model.camera.vtransform.zbound") == 1, r, "model.camera.vtransform.zbound", "must span a single bin (BEV has one z cell)")
+    grid = [cells([vox.point_cloud_range[i], vox.point_cloud_range[i + 3], vox.voxel_size[i]], r,
+                  "model.lidar.voxelize.point_cloud_range") for i in range(3)]
     check(grid[2] == 1, r, "model.lidar.voxelize.voxel_size", f"must give one z cell (pillars), gives grid {grid}")
     check(grid[:2] == r.bev_shape, r, "model.lidar.voxelize", f"gives a {grid[:2]} pillar grid but the camera BEV "
           f"(xbound/ybound) is {r.bev_shape}")
