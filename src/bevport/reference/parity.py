@@ -18,11 +18,11 @@ import torch
 
 from bevport.checkpoint import load_weights
 from bevport.contract import build_contract
-from bevport.models import architecture
 from bevport.errors import BevportError, CheckpointError
 from bevport.export.onnx_export import export, verify_contract
 from bevport.export.parity import compare, float64_copy, relative_error, run_openvino
 from bevport.fsutil import atomic_write_bytes, sha256_file
+from bevport.models import architecture
 from bevport.reference import LoadedReference, load_reference
 from bevport.reference.tree import cpu_only
 
@@ -71,15 +71,16 @@ def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a[both].astype(np.float64) - b[both]))) if both.any() else 0.0
 
 
-def compare_boxes(recipe, contract, spec, ref: LoadedReference, inputs: Dict[str, np.ndarray]) -> Optional[Dict]:
+def compare_boxes(recipe, contract, spec, ref: LoadedReference, head_maps: List[np.ndarray]) -> Optional[Dict]:
     """For the graph that ends in the head: the same head maps (the tree's float32 run) decoded by the tree's
     `CenterHead.get_bboxes` and by bevport's runtime decoder. The same boxes and labels, or the run fails."""
     from bevport.runtime.decode import decode
 
     layout = contract.head_layout()
-    if getattr(ref.arch, "tree_boxes", None) is None or not {name for task in layout for name, _, _ in task.values()} <= {t.name for t in spec.outputs}:
+    head_names = {name for task in layout for name, _, _ in task.values()}
+    if getattr(ref.arch, "tree_boxes", None) is None or not head_names <= {t.name for t in spec.outputs}:
         return None
-    maps = dict(zip([t.name for t in spec.outputs], ref.arch.reference_outputs(ref.model, recipe, spec, inputs)))
+    maps = dict(zip([t.name for t in spec.outputs], head_maps))
     tasks = [{attr: torch.from_numpy(maps[name][:, a:b]) for attr, (name, a, b) in task.items()} for task in layout]
     theirs = ref.arch.tree_boxes(tasks)
     ours = decode(maps, recipe, contract)
@@ -154,7 +155,7 @@ def compare_graph(recipe, spec, graph: Path, ref: LoadedReference, ref64, native
     extra = getattr(ref.arch, "checks", lambda *a: {})(ref.model, recipe, spec, inputs)
     if extra:
         report["checks"] = extra
-    boxes = compare_boxes(recipe, build_contract(recipe), spec, ref, inputs)
+    boxes = compare_boxes(recipe, build_contract(recipe), spec, ref, torch_f32)   # the tree's float32 maps
     if boxes is not None:
         report["decoded"] = boxes
     report["passed"] = _graph_failure(report) is None
